@@ -1,0 +1,427 @@
+//! The oslo.messaging message layout shared by both codecs: key names, the `Serialize` views
+//! that write a message straight from its struct, the decoding of an inner message from a map,
+//! the envelope version rule, and the forbidden `__type__`/`__value__` check.
+//!
+//! Decoding is lenient where oslo.messaging is: unknown keys (other than `_context_*`) are
+//! ignored, a missing `args` is `{}`, a `null` `namespace`/`version`/`_unique_id` (notifications)
+//! counts as absent. Wrong types are errors, never panics.
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::CodecError;
+use super::message::{CallInfo, Notification, RpcReply, RpcRequest};
+use crate::{Context, RemoteError};
+
+/// Envelope key of the format version.
+pub(crate) const VERSION_KEY: &str = "oslo.version";
+/// Envelope key of the inner message.
+pub(crate) const MESSAGE_KEY: &str = "oslo.message";
+/// The envelope version tidings writes.
+pub(crate) const ENVELOPE_VERSION: &str = "2.0";
+/// Prefix of the flattened context keys.
+const CONTEXT_PREFIX: &str = "_context_";
+
+/// Whether a receiver accepts envelope `version`: `2.<minor>` or `2.<minor>.<rev>`, digits only.
+pub(crate) fn envelope_version_ok(version: &str) -> bool {
+    let Some(rest) = version.strip_prefix("2.") else {
+        return false;
+    };
+    let mut parts = 0;
+    for part in rest.split('.') {
+        parts += 1;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    parts <= 2
+}
+
+/// Whether an outer object is an envelope rather than a bare (v1 / un-enveloped) message.
+/// oslo.messaging needs both keys; one of them alone is treated as a broken envelope here, which
+/// gives a clearer error than "missing method".
+pub(crate) fn is_envelope(outer: &Map<String, Value>) -> bool {
+    outer.contains_key(VERSION_KEY) || outer.contains_key(MESSAGE_KEY)
+}
+
+/// Checks the envelope version and takes the inner message value out of `outer`.
+pub(crate) fn open_envelope(outer: &mut Map<String, Value>) -> Result<Value, CodecError> {
+    match outer.get(VERSION_KEY) {
+        None => return Err(CodecError::MissingField(VERSION_KEY)),
+        Some(Value::String(v)) if envelope_version_ok(v) => {}
+        Some(Value::String(v)) => return Err(CodecError::UnsupportedEnvelopeVersion(v.clone())),
+        Some(_) => {
+            return Err(CodecError::WrongType {
+                field: VERSION_KEY,
+                expected: "a string",
+            })
+        }
+    }
+    outer
+        .remove(MESSAGE_KEY)
+        .ok_or(CodecError::MissingField(MESSAGE_KEY))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forbidden typed value.
+
+/// Whether `map` is exactly `{"__type__": .., "__value__": ..}`.
+fn is_typed_value(map: &Map<String, Value>) -> bool {
+    map.len() == 2 && map.contains_key("__type__") && map.contains_key("__value__")
+}
+
+/// Whether `value`, or anything nested in it, is a typed-value object. Iterative, so a deep value
+/// cannot overflow the stack here.
+fn contains_typed_value<'a>(roots: impl IntoIterator<Item = &'a Value>) -> bool {
+    let mut stack: Vec<&Value> = roots.into_iter().collect();
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                if is_typed_value(map) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Refuses an object (`args`, say) that is, or holds, a typed value.
+fn check_object(map: &Map<String, Value>, field: &'static str) -> Result<(), CodecError> {
+    if is_typed_value(map) || contains_typed_value(map.values()) {
+        Err(CodecError::ForbiddenTypedValue { field })
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a value that is, or holds, a typed value.
+fn check_value(value: &Value, field: &'static str) -> Result<(), CodecError> {
+    if contains_typed_value([value]) {
+        Err(CodecError::ForbiddenTypedValue { field })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_context(context: &Context) -> Result<(), CodecError> {
+    if contains_typed_value(context.iter().map(|(_, v)| v)) {
+        Err(CodecError::ForbiddenTypedValue { field: "context" })
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a request that would carry a typed value.
+pub(crate) fn check_request(req: &RpcRequest) -> Result<(), CodecError> {
+    check_object(&req.args, "args")?;
+    check_context(&req.context)
+}
+
+/// Refuses a reply that would carry a typed value.
+pub(crate) fn check_reply(reply: &RpcReply) -> Result<(), CodecError> {
+    check_value(&reply.result, "result")?;
+    if let Some(failure) = &reply.failure {
+        if contains_typed_value(&failure.args) {
+            return Err(CodecError::ForbiddenTypedValue { field: "failure" });
+        }
+        check_object(&failure.kwargs, "failure")?;
+    }
+    Ok(())
+}
+
+/// Refuses a notification that would carry a typed value.
+pub(crate) fn check_notification(n: &Notification) -> Result<(), CodecError> {
+    check_value(&n.payload, "payload")?;
+    check_context(&n.context)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding: borrowed views with a `Serialize` impl, in oslo.messaging's key order.
+
+/// Writes the context as `_context_<key>` entries, reusing one key buffer.
+fn serialize_context<M: SerializeMap>(map: &mut M, context: &Context) -> Result<(), M::Error> {
+    let mut key = String::with_capacity(32);
+    for (k, v) in context.iter() {
+        key.clear();
+        key.push_str(CONTEXT_PREFIX);
+        key.push_str(k);
+        map.serialize_entry(key.as_str(), v)?;
+    }
+    Ok(())
+}
+
+/// The inner message of a request.
+pub(crate) struct RequestView<'a>(pub(crate) &'a RpcRequest);
+
+impl Serialize for RequestView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let len = 3
+            + usize::from(r.namespace.is_some())
+            + usize::from(r.version.is_some())
+            + if r.call.is_some() { 3 } else { 0 }
+            + r.context.len();
+        let mut map = serializer.serialize_map(Some(len))?;
+        map.serialize_entry("method", &r.method)?;
+        map.serialize_entry("args", &r.args)?;
+        if let Some(namespace) = &r.namespace {
+            map.serialize_entry("namespace", namespace)?;
+        }
+        if let Some(version) = &r.version {
+            map.serialize_entry("version", version)?;
+        }
+        if let Some(call) = &r.call {
+            map.serialize_entry("_msg_id", &call.msg_id)?;
+            map.serialize_entry("_reply_q", &call.reply_q)?;
+            map.serialize_entry("_timeout", &call.timeout)?;
+        }
+        map.serialize_entry("_unique_id", &r.unique_id)?;
+        serialize_context(&mut map, &r.context)?;
+        map.end()
+    }
+}
+
+/// How a reply's failure is written.
+pub(crate) enum FailureOut<'a> {
+    /// `null`.
+    None,
+    /// A JSON string holding the error object (the oslo JSON wire).
+    Text(String),
+    /// A nested map (MessagePack).
+    Nested(&'a RemoteError),
+}
+
+impl Serialize for FailureOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FailureOut::None => serializer.serialize_unit(),
+            FailureOut::Text(text) => serializer.serialize_str(text),
+            FailureOut::Nested(error) => error.serialize(serializer),
+        }
+    }
+}
+
+/// The inner message of a reply.
+pub(crate) struct ReplyView<'a> {
+    pub(crate) reply: &'a RpcReply,
+    pub(crate) failure: FailureOut<'a>,
+}
+
+impl Serialize for ReplyView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.reply;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("result", &r.result)?;
+        map.serialize_entry("failure", &self.failure)?;
+        map.serialize_entry("ending", &r.ending)?;
+        map.serialize_entry("_msg_id", &r.msg_id)?;
+        map.serialize_entry("_unique_id", &r.unique_id)?;
+        map.end()
+    }
+}
+
+/// The inner message of a notification (or the whole body, in the v1 format).
+pub(crate) struct NotificationView<'a>(pub(crate) &'a Notification);
+
+impl Serialize for NotificationView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let len = 6 + usize::from(n.unique_id.is_some()) + n.context.len();
+        let mut map = serializer.serialize_map(Some(len))?;
+        map.serialize_entry("message_id", &n.message_id)?;
+        map.serialize_entry("publisher_id", &n.publisher_id)?;
+        map.serialize_entry("event_type", &n.event_type)?;
+        map.serialize_entry("priority", &n.priority)?;
+        map.serialize_entry("payload", &n.payload)?;
+        map.serialize_entry("timestamp", &n.timestamp)?;
+        if let Some(unique_id) = &n.unique_id {
+            map.serialize_entry("_unique_id", unique_id)?;
+        }
+        serialize_context(&mut map, &n.context)?;
+        map.end()
+    }
+}
+
+/// The `{"oslo.version": "2.0", "oslo.message": ..}` envelope around an inner message (a JSON
+/// string for oslo JSON, a map for MessagePack).
+pub(crate) struct EnvelopeView<M>(pub(crate) M);
+
+impl<M: Serialize> Serialize for EnvelopeView<M> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry(VERSION_KEY, ENVELOPE_VERSION)?;
+        map.serialize_entry(MESSAGE_KEY, &self.0)?;
+        map.end()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding from an inner message map.
+
+/// Takes a required string.
+fn take_string(map: &mut Map<String, Value>, field: &'static str) -> Result<String, CodecError> {
+    match map.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(CodecError::WrongType {
+            field,
+            expected: "a string",
+        }),
+        None => Err(CodecError::MissingField(field)),
+    }
+}
+
+/// Takes an optional string: absent or `null` is `None`.
+fn take_opt_string(
+    map: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, CodecError> {
+    match map.remove(field) {
+        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(CodecError::WrongType {
+            field,
+            expected: "a string or null",
+        }),
+    }
+}
+
+/// Rebuilds the context from the `_context_*` keys left in `map`; other keys are dropped.
+fn take_context(map: Map<String, Value>) -> Context {
+    let mut context = Map::new();
+    for (mut key, value) in map {
+        if key.starts_with(CONTEXT_PREFIX) {
+            key.replace_range(..CONTEXT_PREFIX.len(), "");
+            context.insert(key, value);
+        }
+    }
+    Context::from(context)
+}
+
+/// Decodes the inner message of a request. Keys other than the documented ones and
+/// `_context_*` are ignored.
+pub(crate) fn request_from_map(mut map: Map<String, Value>) -> Result<RpcRequest, CodecError> {
+    let method = take_string(&mut map, "method")?;
+    let args = match map.remove("args") {
+        None => Map::new(),
+        Some(Value::Object(args)) => args,
+        Some(_) => {
+            return Err(CodecError::WrongType {
+                field: "args",
+                expected: "an object",
+            })
+        }
+    };
+    let namespace = take_opt_string(&mut map, "namespace")?;
+    let version = take_opt_string(&mut map, "version")?;
+    // `_msg_id` decides call or cast; a stray `_reply_q`/`_timeout` on a cast is ignored.
+    let call = if map.contains_key("_msg_id") {
+        let msg_id = take_string(&mut map, "_msg_id")?;
+        let reply_q = take_string(&mut map, "_reply_q")?;
+        let timeout = match map.remove("_timeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n),
+            Some(_) => {
+                return Err(CodecError::WrongType {
+                    field: "_timeout",
+                    expected: "a number or null",
+                })
+            }
+        };
+        Some(CallInfo {
+            msg_id,
+            reply_q,
+            timeout,
+        })
+    } else {
+        map.remove("_reply_q");
+        map.remove("_timeout");
+        None
+    };
+    let unique_id = take_string(&mut map, "_unique_id")?;
+    Ok(RpcRequest {
+        method,
+        args,
+        namespace,
+        version,
+        call,
+        unique_id,
+        context: take_context(map),
+    })
+}
+
+/// Decodes a failure given as a JSON string (the oslo JSON wire) or a nested object
+/// (MessagePack); `null` or absent is no failure.
+fn failure_from_value(value: Option<Value>) -> Result<Option<RemoteError>, CodecError> {
+    let object = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => {
+            super::oslo_json::parse_text(text.as_bytes()).map_err(|e| match e {
+                CodecError::NonFiniteNumber(_) => e,
+                other => CodecError::InvalidFailure(other.to_string()),
+            })?
+        }
+        Some(object @ Value::Object(_)) => object,
+        Some(_) => {
+            return Err(CodecError::WrongType {
+                field: "failure",
+                expected: "null, a JSON string or an object",
+            })
+        }
+    };
+    serde_json::from_value(object)
+        .map(Some)
+        .map_err(|e| CodecError::InvalidFailure(e.to_string()))
+}
+
+/// Decodes the inner message of a reply. A missing `result` is `null`, a missing `failure` is
+/// none, a missing `ending` is `false` (as oslo.messaging reads them).
+pub(crate) fn reply_from_map(mut map: Map<String, Value>) -> Result<RpcReply, CodecError> {
+    let result = map.remove("result").unwrap_or(Value::Null);
+    let failure = failure_from_value(map.remove("failure"))?;
+    let ending = match map.remove("ending") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(CodecError::WrongType {
+                field: "ending",
+                expected: "a boolean",
+            })
+        }
+    };
+    Ok(RpcReply {
+        result,
+        failure,
+        ending,
+        msg_id: take_string(&mut map, "_msg_id")?,
+        unique_id: take_string(&mut map, "_unique_id")?,
+    })
+}
+
+/// Decodes a notification. A missing `payload` is `null`; a missing or `null` `publisher_id` (a
+/// Python notifier built without one) is the empty string.
+pub(crate) fn notification_from_map(
+    mut map: Map<String, Value>,
+) -> Result<Notification, CodecError> {
+    let message_id = take_string(&mut map, "message_id")?;
+    let publisher_id = take_opt_string(&mut map, "publisher_id")?.unwrap_or_default();
+    let event_type = take_string(&mut map, "event_type")?;
+    let priority = take_string(&mut map, "priority")?;
+    let payload = map.remove("payload").unwrap_or(Value::Null);
+    let timestamp = take_string(&mut map, "timestamp")?;
+    let unique_id = take_opt_string(&mut map, "_unique_id")?;
+    Ok(Notification {
+        message_id,
+        publisher_id,
+        event_type,
+        priority,
+        payload,
+        timestamp,
+        unique_id,
+        context: take_context(map),
+    })
+}

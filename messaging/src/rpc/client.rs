@@ -1,0 +1,353 @@
+//! The RPC client: `call` (request/reply), `cast` (one way) and fanout casts to a [`Target`].
+//!
+//! A client is a cheap value: [`RpcClient::prepare`] copies it so one call can override the
+//! server, version, timeout or other fields without touching the original, as oslo's
+//! `RPCClient.prepare()` does.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use super::error::RpcError;
+use crate::codec::{CallInfo, RpcRequest};
+use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
+use crate::{Context, Target, Version};
+
+/// oslo.messaging's default `rpc_response_timeout`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends calls and casts to one target.
+///
+/// ```
+/// # use tidings::{rpc::RpcClient, Context, Target, Transport, Version};
+/// # async fn demo(transport: &Transport) -> Result<(), tidings::rpc::RpcError> {
+/// let client = RpcClient::new(transport, Target::topic("compute"));
+/// let sum: i64 = client
+///     .prepare()
+///     .server("host-1")
+///     .version(Version::new(1, 3))
+///     .call(&Context::new(), "add", serde_json::json!({"a": 1, "b": 2}))
+///     .await?;
+/// # let _ = sum; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RpcClient {
+    transport: Transport,
+    target: Target,
+    timeout: Duration,
+    version_cap: Option<Version>,
+    call_monitor_timeout: Option<Duration>,
+    mandatory: bool,
+}
+
+impl RpcClient {
+    /// A client of `target` on `transport`.
+    pub fn new(transport: &Transport, target: Target) -> Self {
+        Self {
+            transport: transport.clone(),
+            target,
+            timeout: DEFAULT_CALL_TIMEOUT,
+            version_cap: None,
+            call_monitor_timeout: None,
+            mandatory: false,
+        }
+    }
+
+    /// A copy to override fields on; the original is unchanged.
+    #[must_use]
+    pub fn prepare(&self) -> Self {
+        self.clone()
+    }
+
+    /// The target requests go to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Sends to one server's queue (`<topic>.<server>`).
+    #[must_use]
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        self.target.server = Some(server.into());
+        self
+    }
+
+    /// Sends to another exchange.
+    #[must_use]
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.target.exchange = Some(exchange.into());
+        self
+    }
+
+    /// Sends to another topic.
+    #[must_use]
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.target.topic = topic.into();
+        self
+    }
+
+    /// Requests methods of `namespace`.
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.target.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Requests API `version`.
+    #[must_use]
+    pub fn version(mut self, version: Version) -> Self {
+        self.target.version = Some(version);
+        self
+    }
+
+    /// Casts go to every server on the topic.
+    #[must_use]
+    pub fn fanout(mut self, fanout: bool) -> Self {
+        self.target.fanout = fanout;
+        self
+    }
+
+    /// How long a call waits for its reply (default 60 s). Also the request's expiration, so a
+    /// request nobody took in time is dropped by the broker.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Refuses to send a version the receiving side may not have yet.
+    #[must_use]
+    pub fn version_cap(mut self, cap: Version) -> Self {
+        self.version_cap = Some(cap);
+        self
+    }
+
+    /// Asks the server for keepalives every `timeout / 2` and fails the call when they stop, so
+    /// a long call to a live server may outlast this while a dead server is noticed quickly.
+    #[must_use]
+    pub fn call_monitor_timeout(mut self, timeout: Duration) -> Self {
+        self.call_monitor_timeout = Some(timeout);
+        self
+    }
+
+    /// Publishes with the mandatory flag: a request no queue receives fails at once with
+    /// [`RpcError::NoServer`] instead of timing out.
+    #[must_use]
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// oslo's `can_send_version`: whether `version` (the target's when `None`) is within the cap.
+    pub fn can_send_version(&self, version: Option<Version>) -> bool {
+        match (self.version_cap, version.or(self.target.version)) {
+            (Some(cap), Some(version)) => cap.can_serve(&version),
+            _ => true,
+        }
+    }
+
+    /// Calls `method` and waits for its result.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<R, RpcError> {
+        let span = tracing::info_span!(
+            "rpc.call",
+            topic = %self.target.topic,
+            server = self.target.server.as_deref(),
+            method,
+        );
+        let value = self
+            .call_value(context, method, args)
+            .instrument(span)
+            .await?;
+        serde_json::from_value(value).map_err(|error| RpcError::UnexpectedResult {
+            method: method.to_owned(),
+            detail: error.to_string(),
+        })
+    }
+
+    async fn call_value(
+        &self,
+        context: &Context,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<Value, RpcError> {
+        if self.target.fanout {
+            return Err(RpcError::FanoutCall {
+                target: self.target.clone(),
+            });
+        }
+        let router = self.transport.reply_router().await?;
+        let msg_id = topology::new_id();
+        let mut waiter = router.register(msg_id.clone());
+        let call = CallInfo {
+            msg_id,
+            reply_q: router.queue().to_owned(),
+            timeout: self.call_monitor_timeout.and_then(seconds_number),
+        };
+        self.publish(context, method, args, Some(call)).await?;
+
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut monitor_deadline = self
+            .call_monitor_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let wake_at = monitor_deadline.map_or(deadline, |m| m.min(deadline));
+            let reply = tokio::select! {
+                reply = waiter.next() => reply,
+                () = tokio::time::sleep_until(wake_at) => {
+                    return Err(if wake_at < deadline {
+                        RpcError::MonitorTimeout {
+                            target: self.target.clone(),
+                            method: method.to_owned(),
+                            after: self.call_monitor_timeout.unwrap_or_default(),
+                        }
+                    } else {
+                        RpcError::Timeout {
+                            target: self.target.clone(),
+                            method: method.to_owned(),
+                            timeout: self.timeout,
+                        }
+                    });
+                }
+            };
+            let Some(reply) = reply else {
+                return Err(RpcError::ReplyLost {
+                    target: self.target.clone(),
+                    method: method.to_owned(),
+                });
+            };
+            if !reply.ending {
+                // A call-monitor keepalive: the server is alive and still working.
+                tracing::trace!("call-monitor keepalive");
+                monitor_deadline = self
+                    .call_monitor_timeout
+                    .map(|t| tokio::time::Instant::now() + t);
+                continue;
+            }
+            return match reply.failure {
+                Some(error) => Err(RpcError::Remote {
+                    target: self.target.clone(),
+                    method: method.to_owned(),
+                    error,
+                }),
+                None => Ok(reply.result),
+            };
+        }
+    }
+
+    /// Sends `method` without waiting for a result; to every server on the topic when the
+    /// target is fanout. Returns once the transport has taken the message.
+    pub async fn cast(
+        &self,
+        context: &Context,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<(), RpcError> {
+        let span = tracing::info_span!(
+            "rpc.cast",
+            topic = %self.target.topic,
+            server = self.target.server.as_deref(),
+            fanout = self.target.fanout,
+            method,
+        );
+        self.publish(context, method, args, None)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        context: &Context,
+        method: &str,
+        args: impl Serialize,
+        call: Option<CallInfo>,
+    ) -> Result<(), RpcError> {
+        if let (Some(cap), Some(version)) = (self.version_cap, self.target.version) {
+            if !cap.can_serve(&version) {
+                return Err(RpcError::VersionCapped { version, cap });
+            }
+        }
+        let args = keyword_arguments(method, args)?;
+        let is_call = call.is_some();
+        let request = RpcRequest {
+            method: method.to_owned(),
+            args,
+            namespace: self.target.namespace.clone(),
+            version: self.target.version.map(|v| v.to_string()),
+            call,
+            unique_id: topology::new_id(),
+            context: context.clone(),
+        };
+        let codec = self.transport.codec();
+        let body = codec.encode_request(&request)?;
+        let mut message = OutgoingMessage::new(Bytes::from(body), codec.content_type());
+        message.mandatory = self.mandatory;
+        if is_call {
+            message.expiration = Some(self.timeout);
+        }
+        let destination = self.destination();
+        tracing::debug!(%destination, "publishing RPC request");
+        self.transport
+            .driver()
+            .publish(&destination, message)
+            .await
+            .map_err(|error| match error {
+                TransportError::Unroutable { .. } => RpcError::NoServer {
+                    topic: self.target.topic.clone(),
+                    method: method.to_owned(),
+                },
+                other => RpcError::Transport(other),
+            })
+    }
+
+    fn destination(&self) -> Destination {
+        if self.target.fanout {
+            return Destination::Fanout {
+                topic: self.target.topic.clone(),
+            };
+        }
+        let routing_key = match &self.target.server {
+            Some(server) => topology::server_queue(&self.target.topic, server),
+            None => self.target.topic.clone(),
+        };
+        Destination::Rpc {
+            exchange: self
+                .target
+                .exchange_or(self.transport.control_exchange())
+                .to_owned(),
+            routing_key,
+        }
+    }
+}
+
+/// The arguments as oslo's keyword-argument object.
+fn keyword_arguments(method: &str, args: impl Serialize) -> Result<Map<String, Value>, RpcError> {
+    match serde_json::to_value(args) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(other) => Err(RpcError::InvalidArguments {
+            method: method.to_owned(),
+            detail: format!("got {other}"),
+        }),
+        Err(error) => Err(RpcError::InvalidArguments {
+            method: method.to_owned(),
+            detail: error.to_string(),
+        }),
+    }
+}
+
+/// Seconds as a JSON number: an integer when whole, as Python callers send it.
+fn seconds_number(duration: Duration) -> Option<serde_json::Number> {
+    if duration.subsec_nanos() == 0 {
+        Some(duration.as_secs().into())
+    } else {
+        serde_json::Number::from_f64(duration.as_secs_f64())
+    }
+}

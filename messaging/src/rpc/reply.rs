@@ -1,0 +1,147 @@
+//! Routes replies from the process's one reply queue to the calls waiting for them.
+//!
+//! oslo.messaging keeps one `reply_<hex>` queue per client process and tells replies apart by
+//! `_msg_id`. A reply nobody waits for any more (the call timed out) is dropped with a debug
+//! event. When the reply queue's inbox ends (connection lost for good), every waiter is failed at
+//! once instead of waiting out its timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Codec, RpcReply};
+use crate::transport::{Driver, Inbox, TransportError};
+
+type Waiters = HashMap<String, mpsc::UnboundedSender<RpcReply>>;
+
+/// The reply queue of one transport and the calls waiting on it.
+#[derive(Debug)]
+pub(crate) struct ReplyRouter {
+    queue: String,
+    waiters: Mutex<Waiters>,
+    alive: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl ReplyRouter {
+    /// Opens a reply queue on `driver` and starts routing its deliveries.
+    pub(crate) async fn start(driver: &dyn Driver) -> Result<Arc<Self>, TransportError> {
+        let (queue, inbox) = driver.open_reply_queue().await?;
+        let router = Arc::new(Self {
+            queue,
+            waiters: Mutex::default(),
+            alive: AtomicBool::new(true),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(Self::route(
+            Arc::downgrade(&router),
+            router.stop.clone(),
+            inbox,
+        ));
+        Ok(router)
+    }
+
+    /// The reply queue's name, sent as `_reply_q`.
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether the reply queue is still consumed.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Stops routing; waiters see the call end as a lost connection.
+    pub(crate) fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        // The map stays consistent under panic: each operation is a single insert or remove.
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers interest in the replies to `msg_id` until the returned waiter drops.
+    pub(crate) fn register(self: &Arc<Self>, msg_id: String) -> ReplyWaiter {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.waiters().insert(msg_id.clone(), sender);
+        if !self.is_alive() {
+            // The router died between lookup and registration: end this waiter at once.
+            self.waiters().remove(&msg_id);
+        }
+        ReplyWaiter {
+            router: self.clone(),
+            msg_id,
+            receiver,
+        }
+    }
+
+    async fn route(router: std::sync::Weak<Self>, stop: CancellationToken, mut inbox: Inbox) {
+        loop {
+            let delivery = tokio::select! {
+                _ = stop.cancelled() => break,
+                delivery = inbox.recv() => match delivery {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+            };
+            let Some(router) = router.upgrade() else {
+                break;
+            };
+            let (body, content_type, acker) = delivery.into_parts();
+            if let Err(error) = acker.ack().await {
+                tracing::warn!(%error, "could not acknowledge a reply");
+            }
+            let reply = match Codec::from_content_type(&content_type)
+                .and_then(|codec| codec.decode_reply(&body))
+            {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::warn!(%error, queue = %router.queue, "dropped a malformed reply");
+                    continue;
+                }
+            };
+            let sender = router.waiters().get(&reply.msg_id).cloned();
+            match sender {
+                Some(sender) => {
+                    let _ = sender.send(reply);
+                }
+                None => {
+                    tracing::debug!(msg_id = %reply.msg_id, "dropped a reply nobody waits for");
+                }
+            }
+        }
+        if let Some(router) = router.upgrade() {
+            router.alive.store(false, Ordering::Release);
+            // Dropping the senders ends every waiter's receive with `None`.
+            router.waiters().clear();
+        }
+        inbox.close().await;
+    }
+}
+
+/// The replies to one call, until dropped.
+#[derive(Debug)]
+pub(crate) struct ReplyWaiter {
+    router: Arc<ReplyRouter>,
+    msg_id: String,
+    receiver: mpsc::UnboundedReceiver<RpcReply>,
+}
+
+impl ReplyWaiter {
+    /// The next reply (a keepalive or the final one); `None` when the reply queue was lost.
+    ///
+    /// Cancellation safe.
+    pub(crate) async fn next(&mut self) -> Option<RpcReply> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for ReplyWaiter {
+    fn drop(&mut self) {
+        self.router.waiters().remove(&self.msg_id);
+    }
+}

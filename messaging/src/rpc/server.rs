@@ -1,0 +1,463 @@
+//! The RPC server: consumes a target's queues, dispatches requests concurrently, replies.
+//!
+//! A server listens on `<topic>`, `<topic>.<server>` and its own fanout queue. It follows
+//! oslo.messaging's delivery rule for RPC — at most once: a request is acknowledged when it is
+//! taken for dispatch, before the handler runs — and drops duplicates by `_unique_id`.
+//! Concurrency is bounded: a request is taken from the inbox only when a dispatch slot is free,
+//! so a busy server leaves work in the broker (where other servers can take it) instead of
+//! buffering it. [`RpcServer::stop`] stops consuming, lets in-flight requests finish within a
+//! deadline, then closes.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dispatcher::Dispatcher;
+use super::endpoint::Endpoint;
+use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
+use crate::transport::{
+    topology, ConsumeOptions, Delivery, Destination, Inbox, OutgoingMessage, Subscription,
+    Transport, TransportError,
+};
+use crate::{RemoteError, Target};
+
+/// oslo.messaging's default executor pool size.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+
+/// How many recent `_unique_id`s a server remembers to drop duplicates. oslo keeps 16; a longer
+/// window catches everything that catches and more, for a few kilobytes.
+pub const DEFAULT_DEDUP_WINDOW: usize = 1024;
+
+/// Builds an [`RpcServer`].
+#[derive(Debug)]
+pub struct RpcServerBuilder {
+    transport: Transport,
+    target: Target,
+    endpoints: Vec<Endpoint>,
+    max_concurrency: usize,
+    dedup_window: usize,
+}
+
+impl RpcServerBuilder {
+    /// Adds an endpoint; endpoints are tried in the order added.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Requests dispatched at once (default 64). Also the consumer prefetch, so the broker never
+    /// hands this server more than it can run.
+    #[must_use]
+    pub fn max_concurrency(mut self, limit: usize) -> Self {
+        self.max_concurrency = limit.max(1);
+        self
+    }
+
+    /// How many recent `_unique_id`s to remember for duplicate detection (default 1024).
+    #[must_use]
+    pub fn dedup_window(mut self, size: usize) -> Self {
+        self.dedup_window = size;
+        self
+    }
+
+    /// Declares the queues and starts serving.
+    pub async fn start(self) -> Result<RpcServer, TransportError> {
+        let server = self.target.server.clone().unwrap_or_else(topology::new_id);
+        let subscription = Subscription::RpcServer {
+            exchange: self
+                .target
+                .exchange_or(self.transport.control_exchange())
+                .to_owned(),
+            topic: self.target.topic.clone(),
+            server,
+        };
+        let prefetch = u16::try_from(self.max_concurrency).unwrap_or(u16::MAX);
+        let inbox = self
+            .transport
+            .driver()
+            .subscribe(&subscription, ConsumeOptions { prefetch })
+            .await?;
+        let stop = CancellationToken::new();
+        let worker = ServerLoop {
+            transport: self.transport,
+            target: self.target.clone(),
+            dispatcher: Arc::new(Dispatcher::new(self.endpoints)),
+            slots: Arc::new(Semaphore::new(self.max_concurrency)),
+            seen: RecentIds::new(self.dedup_window),
+            in_flight: JoinSet::new(),
+            stop: stop.clone(),
+            drained: CancellationToken::new(),
+        };
+        let drained = worker.drained.clone();
+        let task = tokio::spawn(worker.run(inbox));
+        Ok(RpcServer {
+            target: self.target,
+            stop,
+            drained,
+            task,
+        })
+    }
+}
+
+/// What [`RpcServer::stop`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Requests that finished during the drain.
+    pub finished: usize,
+    /// Requests cut off at the deadline.
+    pub abandoned: usize,
+}
+
+/// A running RPC server.
+#[derive(Debug)]
+pub struct RpcServer {
+    target: Target,
+    stop: CancellationToken,
+    drained: CancellationToken,
+    task: tokio::task::JoinHandle<StopReport>,
+}
+
+impl RpcServer {
+    /// Starts building a server for `target` (its `server` names this server's queue; a fresh
+    /// name is made when it is `None`).
+    pub fn builder(transport: &Transport, target: Target) -> RpcServerBuilder {
+        RpcServerBuilder {
+            transport: transport.clone(),
+            target,
+            endpoints: Vec::new(),
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
+
+    /// The target served.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Stops consuming at once, waits up to `deadline` for requests in flight, abandons the
+    /// rest, and closes the server's queues (its fanout queue is deleted).
+    pub async fn stop(self, deadline: Duration) -> StopReport {
+        self.stop.cancel();
+        let timed_out = tokio::time::timeout(deadline, self.drained.cancelled())
+            .await
+            .is_err();
+        if timed_out {
+            // Tell the loop to abandon what is left; it reports how much.
+            self.drained.cancel();
+        }
+        self.task.await.unwrap_or_default()
+    }
+
+    /// Resolves when the server ends on its own (its inbox closed) or has been stopped.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+}
+
+/// The last N `_unique_id`s seen.
+#[derive(Debug)]
+struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            order: VecDeque::with_capacity(capacity),
+            set: HashSet::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Records `id`; false when it was seen within the window.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+struct ServerLoop {
+    transport: Transport,
+    target: Target,
+    dispatcher: Arc<Dispatcher>,
+    slots: Arc<Semaphore>,
+    seen: RecentIds,
+    in_flight: JoinSet<()>,
+    stop: CancellationToken,
+    /// Cancelled by the loop when in-flight work is done, or by `stop` to cut the drain short.
+    drained: CancellationToken,
+}
+
+impl ServerLoop {
+    async fn run(mut self, mut inbox: Inbox) -> StopReport {
+        loop {
+            let slot = tokio::select! {
+                () = self.stop.cancelled() => break,
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let delivery = tokio::select! {
+                () = self.stop.cancelled() => break,
+                delivery = inbox.recv() => delivery,
+            };
+            let Some(delivery) = delivery else {
+                tracing::warn!(target = %self.target, "server inbox closed by the transport");
+                break;
+            };
+            while self.in_flight.try_join_next().is_some() {}
+            if let Some((request, codec)) = self.take(delivery).await {
+                let dispatch = Dispatch {
+                    transport: self.transport.clone(),
+                    dispatcher: self.dispatcher.clone(),
+                    codec,
+                };
+                self.in_flight.spawn(async move {
+                    dispatch.run(request).await;
+                    drop(slot);
+                });
+            }
+        }
+        self.stop.cancel();
+        inbox.close().await;
+        self.drain().await
+    }
+
+    /// Acknowledges (at most once), decodes and de-duplicates one delivery.
+    async fn take(&mut self, delivery: Delivery) -> Option<(RpcRequest, Codec)> {
+        let (body, content_type, acker) = delivery.into_parts();
+        if let Err(error) = acker.ack().await {
+            tracing::warn!(%error, "could not acknowledge an RPC request");
+        }
+        let decoded = Codec::from_content_type(&content_type)
+            .and_then(|codec| codec.decode_request(&body).map(|r| (r, codec)));
+        match decoded {
+            Ok((request, codec)) => {
+                if self.seen.first_time(&request.unique_id) {
+                    Some((request, codec))
+                } else {
+                    tracing::debug!(unique_id = %request.unique_id, "dropped a duplicate request");
+                    None
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, target = %self.target, bytes = body.len(), "dropped a malformed RPC request");
+                None
+            }
+        }
+    }
+
+    async fn drain(mut self) -> StopReport {
+        let mut report = StopReport::default();
+        loop {
+            tokio::select! {
+                joined = self.in_flight.join_next() => match joined {
+                    Some(_) => report.finished += 1,
+                    None => break,
+                },
+                () = self.drained.cancelled() => {
+                    report.abandoned = self.in_flight.len();
+                    self.in_flight.shutdown().await;
+                    break;
+                }
+            }
+        }
+        self.drained.cancel();
+        report
+    }
+}
+
+/// Runs one request and sends its reply.
+struct Dispatch {
+    transport: Transport,
+    dispatcher: Arc<Dispatcher>,
+    codec: Codec,
+}
+
+impl Dispatch {
+    async fn run(self, request: RpcRequest) {
+        let span = tracing::info_span!(
+            "rpc.dispatch",
+            method = %request.method,
+            namespace = request.namespace.as_deref(),
+            version = request.version.as_deref(),
+            call = request.call.is_some(),
+        );
+        async move {
+            let RpcRequest {
+                method,
+                args,
+                namespace,
+                version,
+                call,
+                context,
+                ..
+            } = request;
+            let work = self.dispatcher.dispatch(
+                namespace.as_deref(),
+                version.as_deref(),
+                &method,
+                context,
+                args,
+            );
+            let Some(call) = call else {
+                if let Err(error) = work.await {
+                    tracing::warn!(%error, "cast handler failed");
+                }
+                return;
+            };
+            let outcome = match keepalive_interval(&call) {
+                Some(every) => {
+                    tokio::select! {
+                        outcome = work => outcome,
+                        never = self.keepalives(&call, every) => match never {},
+                    }
+                }
+                None => work.await,
+            };
+            let reply = match outcome {
+                Ok(result) => RpcReply {
+                    result,
+                    failure: None,
+                    ending: true,
+                    msg_id: call.msg_id.clone(),
+                    unique_id: topology::new_id(),
+                },
+                Err(error) => {
+                    tracing::debug!(%error, "handler returned an error");
+                    RpcReply {
+                        result: Value::Null,
+                        failure: Some(error),
+                        ending: true,
+                        msg_id: call.msg_id.clone(),
+                        unique_id: topology::new_id(),
+                    }
+                }
+            };
+            self.reply(&call, &reply).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Sends `ending: false` replies every `every` until cancelled (by the handler finishing).
+    async fn keepalives(&self, call: &CallInfo, every: Duration) -> std::convert::Infallible {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            let heartbeat = RpcReply {
+                result: Value::Null,
+                failure: None,
+                ending: false,
+                msg_id: call.msg_id.clone(),
+                unique_id: topology::new_id(),
+            };
+            self.reply(call, &heartbeat).await;
+        }
+    }
+
+    async fn reply(&self, call: &CallInfo, reply: &RpcReply) {
+        let body = match self.codec.encode_reply(reply) {
+            Ok(body) => body,
+            Err(error) => {
+                // The result could not be encoded (e.g. a forbidden typed value): tell the
+                // caller instead of leaving it to time out.
+                tracing::warn!(%error, "reply could not be encoded");
+                let fallback = RpcReply {
+                    result: Value::Null,
+                    failure: Some(RemoteError::new(
+                        "SerializationError",
+                        "tidings.rpc",
+                        format!("reply could not be encoded: {error}"),
+                    )),
+                    ..reply.clone()
+                };
+                match self.codec.encode_reply(&fallback) {
+                    Ok(body) => body,
+                    Err(_) => return,
+                }
+            }
+        };
+        let mut message = OutgoingMessage::new(Bytes::from(body), self.codec.content_type());
+        message.mandatory = true;
+        let destination = Destination::Reply {
+            queue: call.reply_q.clone(),
+        };
+        if let Err(error) = self.transport.driver().publish(&destination, message).await {
+            tracing::warn!(%error, reply_q = %call.reply_q, "reply not delivered; caller gone?");
+        }
+    }
+}
+
+/// oslo's call-monitor rule: keepalives every `int(_timeout) / 2` seconds, only when `_timeout`
+/// is set and that interval is at least one second.
+fn keepalive_interval(call: &CallInfo) -> Option<Duration> {
+    let timeout = call.timeout.as_ref()?.as_f64()?;
+    if !timeout.is_finite() || timeout < 0.0 {
+        return None;
+    }
+    // Truncation is the rule: Python computes int(timeout) / 2.
+    let seconds = (timeout.trunc() / 2.0).max(0.0);
+    (seconds >= 1.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_with(timeout: Option<serde_json::Number>) -> CallInfo {
+        CallInfo {
+            msg_id: "m".into(),
+            reply_q: "q".into(),
+            timeout,
+        }
+    }
+
+    #[test]
+    fn keepalives_follow_oslo_interval_rule() {
+        assert_eq!(keepalive_interval(&call_with(None)), None);
+        assert_eq!(keepalive_interval(&call_with(Some(1.into()))), None);
+        assert_eq!(
+            keepalive_interval(&call_with(Some(3.into()))),
+            Some(Duration::from_secs_f64(1.5))
+        );
+        assert_eq!(
+            keepalive_interval(&call_with(Some(10.into()))),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn recent_ids_forget_beyond_the_window() {
+        let mut seen = RecentIds::new(2);
+        assert!(seen.first_time("a"));
+        assert!(!seen.first_time("a"));
+        assert!(seen.first_time("b"));
+        assert!(seen.first_time("c"));
+        assert!(seen.first_time("a"), "a left the window");
+    }
+}

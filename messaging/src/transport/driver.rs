@@ -1,0 +1,271 @@
+//! The one boundary between the RPC/notification layers and a transport driver.
+//!
+//! Above this trait everything speaks in targets, encoded bodies and deliveries; below it a
+//! driver maps them onto queues and exchanges (`memory`, `amqp`). No AMQP type crosses it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::TransportError;
+
+/// Where a message is published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// An RPC request (call or cast) to `routing_key` (`<topic>` or `<topic>.<server>`) on
+    /// `exchange`.
+    Rpc {
+        /// Topic exchange name.
+        exchange: String,
+        /// `<topic>` or `<topic>.<server>`.
+        routing_key: String,
+    },
+    /// A cast to every server listening on `topic` (the `<topic>_fanout` exchange).
+    Fanout {
+        /// The topic whose servers all receive the message.
+        topic: String,
+    },
+    /// A reply to a caller's reply queue, through the default exchange.
+    Reply {
+        /// The caller's `_reply_q`.
+        queue: String,
+    },
+    /// A notification to `<topic>.<priority>` on `exchange`; the driver declares that queue
+    /// first, as oslo.messaging's notifier does, so nothing is lost before a listener exists.
+    Notification {
+        /// Topic exchange name.
+        exchange: String,
+        /// Notification topic, e.g. `notifications`.
+        topic: String,
+        /// Lower-case priority, e.g. `info` or `sample`.
+        priority: String,
+    },
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Rpc {
+                exchange,
+                routing_key,
+            } => write!(f, "{exchange}/{routing_key}"),
+            Destination::Fanout { topic } => write!(f, "{topic}_fanout"),
+            Destination::Reply { queue } => write!(f, "reply queue {queue}"),
+            Destination::Notification {
+                exchange,
+                topic,
+                priority,
+            } => write!(f, "{exchange}/{topic}.{priority}"),
+        }
+    }
+}
+
+/// An encoded message ready to publish.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    /// Encoded body.
+    pub body: Bytes,
+    /// The codec's content type (`application/json` or `application/msgpack`).
+    pub content_type: &'static str,
+    /// Drop the message if nobody consumed it in time (calls carry their timeout).
+    pub expiration: Option<Duration>,
+    /// Fail with [`TransportError::Unroutable`] when no queue receives the message.
+    pub mandatory: bool,
+}
+
+impl OutgoingMessage {
+    /// A message with no expiration, not mandatory.
+    pub fn new(body: impl Into<Bytes>, content_type: &'static str) -> Self {
+        Self {
+            body: body.into(),
+            content_type,
+            expiration: None,
+            mandatory: false,
+        }
+    }
+}
+
+/// What a consumer listens to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// An RPC server's three queues: `<topic>`, `<topic>.<server>` and a fresh fanout queue.
+    RpcServer {
+        /// Topic exchange name.
+        exchange: String,
+        /// Topic served.
+        topic: String,
+        /// This server's name.
+        server: String,
+    },
+    /// Notifications on `exchange` for each `<topic>.<priority>`; with a pool, one shared queue
+    /// named after the pool, bound with every key.
+    Notifications {
+        /// Topic exchange name.
+        exchange: String,
+        /// Topics listened to.
+        topics: Vec<String>,
+        /// Lower-case priorities listened to.
+        priorities: Vec<String>,
+        /// Listener pool name: listeners in one pool share the messages.
+        pool: Option<String>,
+    },
+}
+
+/// How a consumer takes messages.
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumeOptions {
+    /// Deliveries handed out before earlier ones are settled (AMQP `basic.qos` prefetch).
+    pub prefetch: u16,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self { prefetch: 100 }
+    }
+}
+
+/// Settles a delivery with the driver it came from.
+#[async_trait]
+pub trait Acknowledge: Send + Sync + fmt::Debug {
+    /// The message is done with; the broker forgets it.
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// Put the message back for another delivery attempt.
+    async fn requeue(self: Box<Self>) -> Result<(), TransportError>;
+    /// Refuse the message without requeueing it (dead-lettered where the queue says so).
+    async fn reject(self: Box<Self>) -> Result<(), TransportError>;
+}
+
+/// One message taken from a queue; settle it with [`ack`](Self::ack),
+/// [`requeue`](Self::requeue) or [`reject`](Self::reject).
+#[derive(Debug)]
+pub struct Delivery {
+    /// Encoded body.
+    pub body: Bytes,
+    /// Content type property as sent (may be empty).
+    pub content_type: String,
+    /// Whether the broker delivered this message before.
+    pub redelivered: bool,
+    /// Queue it came from.
+    pub queue: String,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(
+        body: Bytes,
+        content_type: String,
+        redelivered: bool,
+        queue: String,
+        acker: Box<dyn Acknowledge>,
+    ) -> Self {
+        Self {
+            body,
+            content_type,
+            redelivered,
+            queue,
+            acker,
+        }
+    }
+
+    /// Splits the delivery into its body and the handle that settles it, so the body can be
+    /// decoded while the settling decision waits.
+    pub fn into_parts(self) -> (Bytes, String, Box<dyn Acknowledge>) {
+        (self.body, self.content_type, self.acker)
+    }
+
+    /// Acknowledges the message.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    /// Returns the message to its queue.
+    pub async fn requeue(self) -> Result<(), TransportError> {
+        self.acker.requeue().await
+    }
+
+    /// Rejects the message without requeueing.
+    pub async fn reject(self) -> Result<(), TransportError> {
+        self.acker.reject().await
+    }
+}
+
+/// A future run when an [`Inbox`] closes (deleting a fanout queue, cancelling consumers).
+pub type CloseHook = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The deliveries of one subscription, in arrival order. Closing it (or dropping it) stops the
+/// consumers behind it; messages not yet taken stay in their queues.
+pub struct Inbox {
+    receiver: mpsc::Receiver<Delivery>,
+    on_close: Option<CloseHook>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// An inbox fed by `receiver`; `on_close` runs when it closes.
+    pub fn new(receiver: mpsc::Receiver<Delivery>, on_close: Option<CloseHook>) -> Self {
+        Self { receiver, on_close }
+    }
+
+    /// The next delivery; `None` once the driver has stopped feeding this inbox (connection
+    /// gone for good, or transport closed).
+    ///
+    /// Cancellation safe: a delivery is never lost when the future is dropped.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+
+    /// Stops the consumers and runs the driver's clean-up (e.g. deletes a fanout queue).
+    pub async fn close(mut self) {
+        self.receiver.close();
+        if let Some(hook) = self.on_close.take() {
+            hook.await;
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if let Some(hook) = self.on_close.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(hook);
+            }
+        }
+    }
+}
+
+/// A transport driver. Implementations must be cheap to share (`Arc<dyn Driver>`).
+#[async_trait]
+pub trait Driver: Send + Sync + fmt::Debug + 'static {
+    /// Publishes one message; with publisher confirms where the driver has them, so `Ok` means
+    /// the broker took responsibility for it.
+    async fn publish(
+        &self,
+        destination: &Destination,
+        message: OutgoingMessage,
+    ) -> Result<(), TransportError>;
+
+    /// Declares the queues of `subscription` and starts consuming them into one inbox.
+    async fn subscribe(
+        &self,
+        subscription: &Subscription,
+        options: ConsumeOptions,
+    ) -> Result<Inbox, TransportError>;
+
+    /// Declares a fresh reply queue (`reply_<hex>`) and consumes it. The RPC client calls this
+    /// once per transport and routes replies by `_msg_id`.
+    async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError>;
+
+    /// Closes connections; later calls fail with [`TransportError::Closed`].
+    async fn close(&self);
+}

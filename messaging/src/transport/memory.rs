@@ -1,0 +1,382 @@
+//! The in-process transport (`memory://NAME`): a small broker with the observable behaviour of
+//! the AMQP one — topic bindings, `<topic>.<server>` queues, fanout, competing consumers,
+//! reply queues, message expiry, mandatory routing, requeue — so one test suite runs on both.
+//!
+//! Transports opened with the same NAME in one process share a broker; it lives as long as one
+//! of them does. Queues keep their messages while no consumer is attached, as RabbitMQ's do.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::driver::{
+    Acknowledge, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage,
+    Subscription,
+};
+use super::{topology, TransportError};
+
+/// A message at rest in a queue.
+#[derive(Clone, Debug)]
+struct Stored {
+    body: Bytes,
+    content_type: &'static str,
+    expires_at: Option<Instant>,
+    redelivered: bool,
+}
+
+/// A queue with competing consumers.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: Mutex<VecDeque<Stored>>,
+    ready: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Stored>> {
+        // A poisoned lock only means another thread panicked mid-push; the deque is still whole.
+        self.messages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, message: Stored) {
+        self.lock().push_back(message);
+        self.ready.notify_one();
+    }
+
+    fn requeue(&self, mut message: Stored) {
+        message.redelivered = true;
+        self.lock().push_front(message);
+        self.ready.notify_one();
+    }
+
+    /// Waits for the next live message; expired ones are dropped as the broker would.
+    async fn pop(&self) -> Stored {
+        loop {
+            let ready = self.ready.notified();
+            {
+                let mut messages = self.lock();
+                let now = Instant::now();
+                while let Some(message) = messages.pop_front() {
+                    if message.expires_at.is_some_and(|at| at <= now) {
+                        continue;
+                    }
+                    if !messages.is_empty() {
+                        // Wake another competing consumer for what is left.
+                        self.ready.notify_one();
+                    }
+                    return message;
+                }
+            }
+            ready.await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BrokerState {
+    queues: HashMap<String, Arc<Queue>>,
+    /// (exchange, routing key) → queue names, for topic exchanges with exact keys.
+    bindings: HashMap<(String, String), Vec<String>>,
+    /// fanout exchange → queue names.
+    fanouts: HashMap<String, Vec<String>>,
+}
+
+impl BrokerState {
+    fn declare(&mut self, queue: &str) -> Arc<Queue> {
+        self.queues.entry(queue.to_owned()).or_default().clone()
+    }
+
+    fn bind(&mut self, exchange: &str, key: &str, queue: &str) {
+        let bound = self
+            .bindings
+            .entry((exchange.to_owned(), key.to_owned()))
+            .or_default();
+        if !bound.iter().any(|q| q == queue) {
+            bound.push(queue.to_owned());
+        }
+    }
+
+    fn delete(&mut self, queue: &str) {
+        self.queues.remove(queue);
+        for bound in self.bindings.values_mut().chain(self.fanouts.values_mut()) {
+            bound.retain(|q| q != queue);
+        }
+    }
+
+    fn route(&mut self, destination: &Destination) -> Vec<Arc<Queue>> {
+        let names: Vec<String> = match destination {
+            Destination::Rpc {
+                exchange,
+                routing_key,
+            } => self.bound(exchange, routing_key),
+            Destination::Fanout { topic } => self
+                .fanouts
+                .get(&topology::fanout_exchange(topic))
+                .cloned()
+                .unwrap_or_default(),
+            Destination::Reply { queue } => vec![queue.clone()],
+            Destination::Notification {
+                exchange,
+                topic,
+                priority,
+            } => {
+                let key = topology::notification_queue(topic, priority);
+                self.declare(&key);
+                self.bind(exchange, &key, &key);
+                self.bound(exchange, &key)
+            }
+        };
+        names
+            .iter()
+            .filter_map(|name| self.queues.get(name).cloned())
+            .collect()
+    }
+
+    fn bound(&self, exchange: &str, key: &str) -> Vec<String> {
+        self.bindings
+            .get(&(exchange.to_owned(), key.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// One named in-process broker.
+#[derive(Debug, Default)]
+struct Broker {
+    state: Mutex<BrokerState>,
+}
+
+impl Broker {
+    fn state(&self) -> MutexGuard<'_, BrokerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The broker registered under `name`, created on first use.
+    fn named(name: &str) -> Arc<Broker> {
+        static BROKERS: OnceLock<Mutex<HashMap<String, Weak<Broker>>>> = OnceLock::new();
+        let mut brokers = BROKERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        brokers.retain(|_, broker| broker.strong_count() > 0);
+        if let Some(broker) = brokers.get(name).and_then(Weak::upgrade) {
+            return broker;
+        }
+        let broker = Arc::new(Broker::default());
+        brokers.insert(name.to_owned(), Arc::downgrade(&broker));
+        broker
+    }
+}
+
+/// Settles a memory delivery: requeue puts it back at the head of its queue. A delivery dropped
+/// unsettled goes back too, as an unacked AMQP delivery does when its channel closes.
+#[derive(Debug)]
+struct MemoryAcker {
+    queue: Weak<Queue>,
+    message: Option<Stored>,
+}
+
+impl MemoryAcker {
+    fn settle(&mut self, requeue: bool) {
+        if let (Some(message), true) = (self.message.take(), requeue) {
+            if let Some(queue) = self.queue.upgrade() {
+                queue.requeue(message);
+            }
+        }
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        self.settle(true);
+    }
+}
+
+#[async_trait]
+impl Acknowledge for MemoryAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settle(false);
+        Ok(())
+    }
+
+    async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settle(true);
+        Ok(())
+    }
+
+    async fn reject(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settle(false);
+        Ok(())
+    }
+}
+
+/// The `memory://NAME` driver.
+#[derive(Debug)]
+pub struct MemoryDriver {
+    broker: Arc<Broker>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryDriver {
+    /// A driver on the process-wide broker called `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            broker: Broker::named(name),
+            closed: Default::default(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), TransportError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            Err(TransportError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Feeds `queue` into `sender` until the inbox closes; the channel's capacity plays the
+    /// part of AMQP prefetch.
+    fn consume(&self, name: String, queue: Arc<Queue>, sender: mpsc::Sender<Delivery>) {
+        tokio::spawn(async move {
+            loop {
+                let permit = tokio::select! {
+                    _ = sender.closed() => return,
+                    permit = sender.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                let message = tokio::select! {
+                    _ = sender.closed() => return,
+                    message = queue.pop() => message,
+                };
+                let acker = MemoryAcker {
+                    queue: Arc::downgrade(&queue),
+                    message: Some(message.clone()),
+                };
+                permit.send(Delivery::new(
+                    message.body,
+                    message.content_type.to_owned(),
+                    message.redelivered,
+                    name.clone(),
+                    Box::new(acker),
+                ));
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Driver for MemoryDriver {
+    async fn publish(
+        &self,
+        destination: &Destination,
+        message: OutgoingMessage,
+    ) -> Result<(), TransportError> {
+        self.check_open()?;
+        let queues = self.broker.state().route(destination);
+        if queues.is_empty() && message.mandatory {
+            return Err(TransportError::Unroutable {
+                destination: destination.to_string(),
+            });
+        }
+        let stored = Stored {
+            body: message.body,
+            content_type: message.content_type,
+            expires_at: message.expiration.map(|ttl| Instant::now() + ttl),
+            redelivered: false,
+        };
+        for queue in queues {
+            queue.push(stored.clone());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: &Subscription,
+        options: ConsumeOptions,
+    ) -> Result<Inbox, TransportError> {
+        self.check_open()?;
+        let (sender, receiver) = mpsc::channel(usize::from(options.prefetch.max(1)));
+        let mut consumed = Vec::new();
+        let mut on_close = None;
+        {
+            let mut state = self.broker.state();
+            match subscription {
+                Subscription::RpcServer {
+                    exchange,
+                    topic,
+                    server,
+                } => {
+                    let server_queue = topology::server_queue(topic, server);
+                    for name in [topic.clone(), server_queue] {
+                        let queue = state.declare(&name);
+                        state.bind(exchange, &name, &name);
+                        consumed.push((name, queue));
+                    }
+                    let fanout = topology::fanout_queue(topic);
+                    let queue = state.declare(&fanout);
+                    let bound = state
+                        .fanouts
+                        .entry(topology::fanout_exchange(topic))
+                        .or_default();
+                    bound.push(fanout.clone());
+                    consumed.push((fanout.clone(), queue));
+                    let broker = Arc::downgrade(&self.broker);
+                    on_close = Some(Box::pin(async move {
+                        if let Some(broker) = broker.upgrade() {
+                            broker.state().delete(&fanout);
+                        }
+                    }) as super::driver::CloseHook);
+                }
+                Subscription::Notifications {
+                    exchange,
+                    topics,
+                    priorities,
+                    pool,
+                } => {
+                    for topic in topics {
+                        for priority in priorities {
+                            let key = topology::notification_queue(topic, priority);
+                            let name = pool.clone().unwrap_or_else(|| key.clone());
+                            let queue = state.declare(&name);
+                            state.bind(exchange, &key, &name);
+                            if !consumed.iter().any(|(n, _)| n == &name) {
+                                consumed.push((name, queue));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, queue) in consumed {
+            self.consume(name, queue, sender.clone());
+        }
+        Ok(Inbox::new(receiver, on_close))
+    }
+
+    async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError> {
+        self.check_open()?;
+        let name = topology::reply_queue();
+        let queue = self.broker.state().declare(&name);
+        let (sender, receiver) = mpsc::channel(usize::from(ConsumeOptions::default().prefetch));
+        self.consume(name.clone(), queue, sender);
+        let broker = Arc::downgrade(&self.broker);
+        let reply_queue = name.clone();
+        let on_close: super::driver::CloseHook = Box::pin(async move {
+            if let Some(broker) = broker.upgrade() {
+                broker.state().delete(&reply_queue);
+            }
+        });
+        Ok((name, Inbox::new(receiver, Some(on_close))))
+    }
+
+    async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}

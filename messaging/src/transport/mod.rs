@@ -1,0 +1,145 @@
+//! Transports: a connection to a message bus, chosen by URL, with the driver behind one trait.
+//!
+//! [`Transport`] is what users hold: cheap to clone, shared by clients, servers, notifiers and
+//! listeners of one process. It owns the driver, the codec used for outgoing messages, the control
+//! exchange, and the process's reply queue (created lazily by the first call).
+
+mod driver;
+mod error;
+pub mod memory;
+pub mod topology;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use driver::{
+    Acknowledge, CloseHook, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage,
+    Subscription,
+};
+pub use error::TransportError;
+
+use crate::codec::Codec;
+use crate::rpc::reply::ReplyRouter;
+use crate::url::{Scheme, TransportUrl};
+
+/// Options of a transport that are not in its URL.
+#[derive(Clone, Debug)]
+pub struct TransportOptions {
+    /// Codec of outgoing messages; servers reply in the codec of each request.
+    pub codec: Codec,
+    /// Exchange used by targets without one (oslo's `control_exchange`).
+    pub control_exchange: String,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            codec: Codec::default(),
+            control_exchange: topology::DEFAULT_CONTROL_EXCHANGE.to_owned(),
+        }
+    }
+}
+
+/// A connection to a message bus. Clone it freely: clones share the driver and reply queue.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: TransportUrl,
+    options: TransportOptions,
+    driver: Arc<dyn Driver>,
+    replies: tokio::sync::Mutex<Option<Arc<ReplyRouter>>>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("url", &self.inner.url)
+            .field("codec", &self.inner.options.codec)
+            .field("control_exchange", &self.inner.options.control_exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Connects to `url` with default options.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tidings::transport::TransportError> {
+    /// let transport = tidings::Transport::connect("memory://doc").await?;
+    /// # drop(transport); Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, TransportError> {
+        Self::connect_with(url.parse()?, TransportOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`.
+    pub async fn connect_with(
+        url: TransportUrl,
+        options: TransportOptions,
+    ) -> Result<Self, TransportError> {
+        let driver: Arc<dyn Driver> = match url.scheme() {
+            Scheme::Memory => Arc::new(memory::MemoryDriver::new(url.memory_name().unwrap_or(""))),
+            other => return Err(TransportError::UnsupportedScheme(other.to_string())),
+        };
+        Ok(Self::from_driver(url, options, driver))
+    }
+
+    /// A transport over a driver built elsewhere.
+    pub fn from_driver(
+        url: TransportUrl,
+        options: TransportOptions,
+        driver: Arc<dyn Driver>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                url,
+                options,
+                driver,
+                replies: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The URL this transport was opened with (prints without passwords).
+    pub fn url(&self) -> &TransportUrl {
+        &self.inner.url
+    }
+
+    /// Codec of outgoing messages.
+    pub fn codec(&self) -> Codec {
+        self.inner.options.codec
+    }
+
+    /// The exchange used by targets without one.
+    pub fn control_exchange(&self) -> &str {
+        &self.inner.options.control_exchange
+    }
+
+    /// The driver, for the RPC and notification layers.
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.inner.driver
+    }
+
+    /// The process's reply router, opening the reply queue on first use and again after the
+    /// previous one was lost.
+    pub(crate) async fn reply_router(&self) -> Result<Arc<ReplyRouter>, TransportError> {
+        let mut slot = self.inner.replies.lock().await;
+        if let Some(router) = slot.as_ref().filter(|r| r.is_alive()) {
+            return Ok(router.clone());
+        }
+        let router = ReplyRouter::start(self.inner.driver.as_ref()).await?;
+        *slot = Some(router.clone());
+        Ok(router)
+    }
+
+    /// Closes the transport: the reply queue goes, the driver's connections close.
+    pub async fn close(&self) {
+        if let Some(router) = self.inner.replies.lock().await.take() {
+            router.shutdown();
+        }
+        self.inner.driver.close().await;
+    }
+}

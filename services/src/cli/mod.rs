@@ -1,0 +1,51 @@
+//! Command-line interface of the `tidings` binary. Subcommand names and flags are a contract:
+//! operators' scripts use them.
+
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Async RPC and notifications over AMQP, wire-compatible with oslo.messaging.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the demo server and call each of its methods in one process on memory://, printing
+    /// what happens.
+    Demo,
+    /// Serve the demo methods (echo, add, fail, slow; version 1.3) on a topic until interrupted.
+    DemoServer(demo::DemoServerArgs),
+}
+
+/// Sets up log output on stderr.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Demo => demo::run_demo().await,
+        Command::DemoServer(args) => demo::run_demo_server(args).await,
+    }
+}

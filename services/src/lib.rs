@@ -1,0 +1,7 @@
+//! # tidings-services
+//!
+//! Running agents as services on tidings: the demo service today; the service runtime and the
+//! metering service (polling agent, collector, alarm evaluator, notifier, API) as they land.
+
+pub mod cli;
+pub mod demo;

@@ -1,0 +1,484 @@
+//! The RPC suite: the same specification run on every transport.
+//!
+//! Each test takes a fresh [`Bus`]; the `suite!` macro instantiates every test once per
+//! transport, so the memory driver and the AMQP driver are held to the same behaviour.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tidings::rpc::{RpcClient, RpcError, RpcServer};
+use tidings::transport::{Destination, OutgoingMessage};
+use tidings::{Context, Target, Transport, Version};
+use tidings_suites::{eventually, test_endpoint, Bus, Probe};
+
+const TOPIC: &str = "suite";
+const V13: Version = Version::new(1, 3);
+
+async fn serve(transport: &Transport, server: &str, probe: Arc<Probe>) -> RpcServer {
+    RpcServer::builder(transport, Target::topic(TOPIC).with_server(server))
+        .endpoint(test_endpoint(server, probe))
+        .start()
+        .await
+        .expect("server starts")
+}
+
+fn client(transport: &Transport) -> RpcClient {
+    RpcClient::new(transport, Target::topic(TOPIC))
+        .version(V13)
+        .timeout(Duration::from_secs(10))
+}
+
+pub async fn call_returns_the_typed_result(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let arg = json!({"n": 1, "f": 2.5, "s": "żółw ☃", "l": [null, true, {"deep": [1]}]});
+    let got: Value = client(&transport)
+        .call(&Context::new(), "echo", json!({ "x": arg }))
+        .await
+        .unwrap();
+    assert_eq!(got, arg);
+    let text: String = client(&transport)
+        .call(&Context::new(), "echo", json!({"x": "plain"}))
+        .await
+        .unwrap();
+    assert_eq!(text, "plain");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn context_reaches_the_handler(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let ctx = Context::new()
+        .with("user", "u1")
+        .with("request_id", "req-7")
+        .with("roles", json!(["admin"]));
+    let seen: Context = client(&transport)
+        .call(&ctx, "context", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(seen, ctx);
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn calls_from_another_process_get_their_own_replies(bus: Bus) {
+    let server_side = bus.transport().await;
+    let server = serve(&server_side, "s1", Arc::default()).await;
+    let a = bus.transport().await;
+    let b = bus.transport().await;
+    let (ctx, ca, cb) = (Context::new(), client(&a), client(&b));
+    let (ra, rb) = tokio::join!(
+        ca.call::<String>(&ctx, "echo", json!({"x": "from a"})),
+        cb.call::<String>(&ctx, "echo", json!({"x": "from b"})),
+    );
+    assert_eq!(ra.unwrap(), "from a");
+    assert_eq!(rb.unwrap(), "from b");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn cast_is_delivered_once(bus: Bus) {
+    let transport = bus.transport().await;
+    let probe = Arc::new(Probe::default());
+    let s1 = serve(&transport, "s1", probe.clone()).await;
+    let s2 = serve(&transport, "s2", probe.clone()).await;
+    for _ in 0..10 {
+        client(&transport)
+            .cast(&Context::new(), "note", json!({"text": "hi"}))
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || probe
+            .casts
+            .load(Ordering::SeqCst)
+            == 10)
+        .await
+    );
+    // Competing consumers: each cast went to exactly one server, none twice.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(probe.casts.load(Ordering::SeqCst), 10);
+    s1.stop(Duration::from_secs(5)).await;
+    s2.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn fanout_cast_reaches_every_server(bus: Bus) {
+    let transport = bus.transport().await;
+    let probes: Vec<Arc<Probe>> = (0..3).map(|_| Arc::default()).collect();
+    let mut servers = Vec::new();
+    for (i, probe) in probes.iter().enumerate() {
+        servers.push(serve(&transport, &format!("s{i}"), probe.clone()).await);
+    }
+    client(&transport)
+        .fanout(true)
+        .cast(&Context::new(), "note", json!({"text": "all"}))
+        .await
+        .unwrap();
+    for probe in &probes {
+        assert!(
+            eventually(Duration::from_secs(10), || probe
+                .casts
+                .load(Ordering::SeqCst)
+                == 1)
+            .await
+        );
+    }
+    for server in servers {
+        server.stop(Duration::from_secs(5)).await;
+    }
+}
+
+pub async fn server_targeted_call_reaches_that_server(bus: Bus) {
+    let transport = bus.transport().await;
+    let s1 = serve(&transport, "s1", Arc::default()).await;
+    let s2 = serve(&transport, "s2", Arc::default()).await;
+    for _ in 0..5 {
+        let who: String = client(&transport)
+            .server("s2")
+            .call(&Context::new(), "whoami", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(who, "s2");
+    }
+    s1.stop(Duration::from_secs(5)).await;
+    s2.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn remote_errors_carry_class_module_and_message(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let c = client(&transport);
+    let error = c
+        .call::<Value>(
+            &Context::new(),
+            "raise",
+            json!({"class": "QuotaExceeded", "message": "too many"}),
+        )
+        .await
+        .unwrap_err();
+    let remote = error.remote().expect("a remote error");
+    assert_eq!(
+        (remote.class.as_str(), remote.module.as_str()),
+        ("QuotaExceeded", "tests.module")
+    );
+    assert_eq!(remote.message, "too many");
+    assert_eq!(remote.args, vec![json!("too many")]);
+
+    let error = c
+        .call::<Value>(&Context::new(), "nope", json!({}))
+        .await
+        .unwrap_err();
+    let remote = error.remote().expect("NoSuchMethod");
+    assert!(remote.is_no_such_method());
+    assert_eq!(remote.message, "Endpoint does not support RPC method nope");
+
+    let error = c
+        .prepare()
+        .version(Version::new(1, 4))
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    let remote = error.remote().expect("UnsupportedVersion");
+    assert!(remote.is_unsupported_version());
+    assert_eq!(
+        remote.message,
+        "Endpoint does not support RPC version 1.4. Attempted method: echo"
+    );
+
+    let error = c
+        .prepare()
+        .namespace("other")
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert!(error.remote().is_some_and(|r| r.is_unsupported_version()));
+
+    let error = c
+        .call::<Value>(&Context::new(), "echo", json!({"y": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.remote().map(|r| r.class.as_str()), Some("TypeError"));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn a_panicking_handler_becomes_a_remote_error(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let c = client(&transport);
+    let error = c
+        .call::<Value>(&Context::new(), "panic", json!({}))
+        .await
+        .unwrap_err();
+    let remote = error.remote().expect("a remote error");
+    assert!(remote.message.contains("deliberate panic"), "{remote}");
+    let still: String = c
+        .call(&Context::new(), "echo", json!({"x": "alive"}))
+        .await
+        .unwrap();
+    assert_eq!(still, "alive");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn call_times_out_when_nobody_listens(bus: Bus) {
+    let transport = bus.transport().await;
+    let started = tokio::time::Instant::now();
+    let error = client(&transport)
+        .timeout(Duration::from_millis(300))
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RpcError::Timeout { .. }), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+pub async fn mandatory_call_fails_fast_when_no_queue_exists(bus: Bus) {
+    let transport = bus.transport().await;
+    let error = client(&transport)
+        .topic("nobody-serves-this")
+        .mandatory(true)
+        .timeout(Duration::from_secs(30))
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RpcError::NoServer { ref topic, .. } if topic == "nobody-serves-this"),
+        "{error}"
+    );
+}
+
+pub async fn version_cap_is_checked_before_sending(bus: Bus) {
+    let transport = bus.transport().await;
+    let c = client(&transport).version_cap(Version::new(1, 2));
+    assert!(!c.can_send_version(None));
+    assert!(c.can_send_version(Some(Version::new(1, 1))));
+    let error = c
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RpcError::VersionCapped { .. }), "{error}");
+}
+
+pub async fn concurrent_calls_run_in_parallel_up_to_the_limit(bus: Bus) {
+    let transport = bus.transport().await;
+    let probe = Arc::new(Probe::default());
+    let server = RpcServer::builder(&transport, Target::topic(TOPIC).with_server("s1"))
+        .endpoint(test_endpoint("s1", probe.clone()))
+        .max_concurrency(4)
+        .start()
+        .await
+        .unwrap();
+    let c = client(&transport);
+    let ctx = Context::new();
+    let calls = (0..12).map(|_| c.call::<String>(&ctx, "sleep", json!({"secs": 0.2})));
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.as_deref().ok() == Some("slept")));
+    assert_eq!(
+        probe.peak.load(Ordering::SeqCst),
+        4,
+        "ran in parallel, never above the limit"
+    );
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn graceful_stop_finishes_calls_in_flight(bus: Bus) {
+    let transport = bus.transport().await;
+    let probe = Arc::new(Probe::default());
+    let server = serve(&transport, "s1", probe.clone()).await;
+    let c = client(&transport);
+    let calls = tokio::spawn(async move {
+        let ctx = Context::new();
+        let calls = (0..3).map(|_| c.call::<String>(&ctx, "sleep", json!({"secs": 0.5})));
+        futures::future::join_all(calls).await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || probe
+            .running
+            .load(Ordering::SeqCst)
+            == 3)
+        .await
+    );
+    let report = server.stop(Duration::from_secs(10)).await;
+    assert_eq!(report.finished, 3);
+    assert_eq!(report.abandoned, 0);
+    let results = calls.await.unwrap();
+    assert!(
+        results.iter().all(|r| r.as_deref().ok() == Some("slept")),
+        "{results:?}"
+    );
+}
+
+pub async fn stop_deadline_abandons_what_is_left(bus: Bus) {
+    let transport = bus.transport().await;
+    let probe = Arc::new(Probe::default());
+    let server = serve(&transport, "s1", probe.clone()).await;
+    let c = client(&transport).timeout(Duration::from_secs(2));
+    let call = tokio::spawn(async move {
+        c.call::<String>(&Context::new(), "sleep", json!({"secs": 30}))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || probe
+            .running
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    let report = server.stop(Duration::from_millis(100)).await;
+    assert_eq!(report.abandoned, 1);
+    assert!(call.await.unwrap().unwrap_err().is_timeout());
+}
+
+pub async fn duplicate_requests_are_dropped(bus: Bus) {
+    let transport = bus.transport().await;
+    let probe = Arc::new(Probe::default());
+    let server = serve(&transport, "s1", probe.clone()).await;
+    let body = json!({
+        "oslo.version": "2.0",
+        "oslo.message": json!({
+            "method": "note", "args": {"text": "dup"}, "version": "1.3",
+            "_unique_id": "0123456789abcdef0123456789abcdef"
+        }).to_string()
+    })
+    .to_string();
+    for _ in 0..3 {
+        let message = OutgoingMessage::new(body.clone().into_bytes(), "application/json");
+        let destination = Destination::Rpc {
+            exchange: "openstack".into(),
+            routing_key: TOPIC.into(),
+        };
+        transport
+            .driver()
+            .publish(&destination, message)
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || probe
+            .casts
+            .load(Ordering::SeqCst)
+            >= 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probe.casts.load(Ordering::SeqCst), 1);
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn malformed_requests_do_not_stop_the_server(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let destination = Destination::Rpc {
+        exchange: "openstack".into(),
+        routing_key: TOPIC.into(),
+    };
+    let bad_bodies: [(&[u8], &str); 4] = [
+        (b"not json", "application/json"),
+        (
+            br#"{"oslo.version": "9.0", "oslo.message": "{}"}"#,
+            "application/json",
+        ),
+        (
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"args\": {}}"}"#,
+            "application/json",
+        ),
+        (b"{}", "text/plain"),
+    ];
+    for (body, content_type) in bad_bodies {
+        let message = OutgoingMessage::new(body.to_vec(), content_type_static(content_type));
+        transport
+            .driver()
+            .publish(&destination, message)
+            .await
+            .unwrap();
+    }
+    let alive: String = client(&transport)
+        .call(&Context::new(), "echo", json!({"x": "ok"}))
+        .await
+        .unwrap();
+    assert_eq!(alive, "ok");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+fn content_type_static(ct: &str) -> &'static str {
+    match ct {
+        "application/json" => "application/json",
+        _ => "text/plain",
+    }
+}
+
+pub async fn call_monitor_keeps_a_long_call_alive(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    // The call outlasts the monitor timeout; keepalives every 1 s keep it going.
+    let slept: String = client(&transport)
+        .call_monitor_timeout(Duration::from_secs(2))
+        .call(&Context::new(), "sleep", json!({"secs": 3.5}))
+        .await
+        .unwrap();
+    assert_eq!(slept, "slept");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn msgpack_and_json_clients_share_one_server(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let packed = Transport::connect_with(
+        bus.url().parse().unwrap(),
+        tidings::transport::TransportOptions {
+            codec: tidings::codec::Codec::MessagePack,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a: String = client(&packed)
+        .call(&Context::new(), "echo", json!({"x": "packed"}))
+        .await
+        .unwrap();
+    let b: String = client(&transport)
+        .call(&Context::new(), "echo", json!({"x": "json"}))
+        .await
+        .unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("packed", "json"));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+macro_rules! suite {
+    ($bus:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test($bus).await;
+            }
+        )*
+    };
+}
+
+macro_rules! rpc_suite {
+    ($bus:expr) => {
+        suite!($bus;
+            call_returns_the_typed_result,
+            context_reaches_the_handler,
+            calls_from_another_process_get_their_own_replies,
+            cast_is_delivered_once,
+            fanout_cast_reaches_every_server,
+            server_targeted_call_reaches_that_server,
+            remote_errors_carry_class_module_and_message,
+            a_panicking_handler_becomes_a_remote_error,
+            call_times_out_when_nobody_listens,
+            mandatory_call_fails_fast_when_no_queue_exists,
+            version_cap_is_checked_before_sending,
+            concurrent_calls_run_in_parallel_up_to_the_limit,
+            graceful_stop_finishes_calls_in_flight,
+            stop_deadline_abandons_what_is_left,
+            duplicate_requests_are_dropped,
+            malformed_requests_do_not_stop_the_server,
+            call_monitor_keeps_a_long_call_alive,
+            msgpack_and_json_clients_share_one_server,
+        );
+    };
+}
+
+mod memory {
+    rpc_suite!(tidings_suites::Bus::memory());
+}
