@@ -482,3 +482,7 @@ macro_rules! rpc_suite {
 mod memory {
     rpc_suite!(tidings_suites::Bus::memory());
 }
+
+mod amqp {
+    rpc_suite!(tidings_suites::Bus::amqp());
+}

@@ -10,10 +10,36 @@ use serde_json::Value;
 use tidings::rpc::Endpoint;
 use tidings::{Context, RemoteError, Transport, Version};
 
-/// A bus isolated from every other test: its own memory broker (or, for AMQP, its own vhost).
+/// A bus isolated from every other test: its own memory broker, or on RabbitMQ its own vhost,
+/// created for the test and deleted when the bus drops (even when the test fails).
 #[derive(Debug)]
 pub struct Bus {
     url: String,
+    vhost: Option<String>,
+}
+
+/// The machine's RabbitMQ, overridable for other set-ups.
+pub fn rabbit_host() -> String {
+    std::env::var("TIDINGS_TEST_RABBIT").unwrap_or_else(|_| "guest:guest@127.0.0.1:5672".to_owned())
+}
+
+/// Runs `rabbitmqctl` with `args`; panics with its output when it fails, because a test that
+/// needs the broker must fail loudly without it.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("rabbitmqctl {args:?} could not run (is RabbitMQ installed?): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed (is RabbitMQ running?): {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 impl Bus {
@@ -21,7 +47,24 @@ impl Bus {
     pub fn memory() -> Self {
         Self {
             url: format!("memory://test-{}", uuid::Uuid::new_v4().simple()),
+            vhost: None,
         }
+    }
+
+    /// A fresh vhost on the machine's RabbitMQ.
+    pub fn amqp() -> Self {
+        let vhost = format!("tidings-test-{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        Self {
+            url: format!("rabbit://{}/{vhost}", rabbit_host()),
+            vhost: Some(vhost),
+        }
+    }
+
+    /// The vhost of an AMQP bus.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_deref()
     }
 
     /// The URL of this bus.
@@ -34,6 +77,16 @@ impl Bus {
         match Transport::connect(&self.url).await {
             Ok(transport) => transport,
             Err(error) => panic!("cannot connect to {}: {error}", self.url),
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        if let Some(vhost) = &self.vhost {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_vhost", vhost])
+                .output();
         }
     }
 }

@@ -4,6 +4,7 @@
 //! listeners of one process. It owns the driver, the codec used for outgoing messages, the control
 //! exchange, and the process's reply queue (created lazily by the first call).
 
+pub mod amqp;
 mod driver;
 mod error;
 pub mod memory;
@@ -82,7 +83,9 @@ impl Transport {
     ) -> Result<Self, TransportError> {
         let driver: Arc<dyn Driver> = match url.scheme() {
             Scheme::Memory => Arc::new(memory::MemoryDriver::new(url.memory_name().unwrap_or(""))),
-            other => return Err(TransportError::UnsupportedScheme(other.to_string())),
+            Scheme::Rabbit | Scheme::Amqp | Scheme::Amqps => {
+                Arc::new(amqp::AmqpDriver::connect(&url).await?)
+            }
         };
         Ok(Self::from_driver(url, options, driver))
     }

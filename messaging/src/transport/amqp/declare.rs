@@ -1,0 +1,168 @@
+//! Exchanges and queues declared exactly as oslo.messaging's rabbit driver declares them: the
+//! same names, flags and arguments, or the broker refuses one side with PRECONDITION_FAILED.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use super::options::AmqpOptions;
+use crate::transport::topology;
+
+/// An exchange to declare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ExchangeSpec {
+    pub(super) name: String,
+    pub(super) fanout: bool,
+    pub(super) durable: bool,
+    pub(super) auto_delete: bool,
+}
+
+impl ExchangeSpec {
+    /// A topic exchange for RPC and notifications (`openstack`, `nova`, …).
+    pub(super) fn topic(name: &str, options: &AmqpOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            fanout: false,
+            durable: options.durable(),
+            auto_delete: options.auto_delete,
+        }
+    }
+
+    /// `<topic>_fanout`: fanout, transient, auto-delete.
+    pub(super) fn fanout(topic: &str) -> Self {
+        Self {
+            name: topology::fanout_exchange(topic),
+            fanout: true,
+            durable: false,
+            auto_delete: true,
+        }
+    }
+
+    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let kind = if self.fanout {
+            ExchangeKind::Fanout
+        } else {
+            ExchangeKind::Topic
+        };
+        channel
+            .exchange_declare(
+                self.name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: self.durable,
+                    auto_delete: self.auto_delete,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+/// A queue to declare, with the bindings that feed it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct QueueSpec {
+    pub(super) name: String,
+    pub(super) durable: bool,
+    pub(super) auto_delete: bool,
+    pub(super) arguments: Vec<(&'static str, AMQPValue)>,
+    pub(super) bindings: Vec<(ExchangeSpec, String)>,
+}
+
+impl QueueSpec {
+    /// `<topic>` or `<topic>.<server>` (or a notification queue): bound by its own name unless
+    /// given other keys; quorum arguments when asked for.
+    pub(super) fn topic(name: &str, options: &AmqpOptions) -> Self {
+        let mut arguments = Vec::new();
+        if options.quorum_queues {
+            arguments.push(("x-queue-type", AMQPValue::LongString("quorum".into())));
+            if options.quorum_delivery_limit > 0 {
+                arguments.push((
+                    "x-delivery-limit",
+                    long_int(u64::from(options.quorum_delivery_limit)),
+                ));
+            }
+        }
+        Self {
+            name: name.to_owned(),
+            durable: options.durable(),
+            auto_delete: options.auto_delete,
+            arguments,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// A server's `<topic>_fanout_<hex>` queue: transient, expiring when unused.
+    pub(super) fn fanout(name: &str, topic: &str, options: &AmqpOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            durable: false,
+            auto_delete: false,
+            arguments: vec![("x-expires", expires(options))],
+            bindings: vec![(ExchangeSpec::fanout(topic), topic.to_owned())],
+        }
+    }
+
+    /// A client's `reply_<hex>` queue: transient, unbound, expiring when unused.
+    pub(super) fn reply(name: &str, options: &AmqpOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            durable: false,
+            auto_delete: false,
+            arguments: vec![("x-expires", expires(options))],
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Adds a binding from `exchange` with `key`.
+    pub(super) fn bound(mut self, exchange: ExchangeSpec, key: &str) -> Self {
+        self.bindings.push((exchange, key.to_owned()));
+        self
+    }
+
+    /// Declares the queue, its exchanges and bindings.
+    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let mut arguments = FieldTable::default();
+        for (key, value) in &self.arguments {
+            arguments.insert((*key).into(), value.clone());
+        }
+        channel
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: self.durable,
+                    auto_delete: self.auto_delete,
+                    exclusive: false,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        for (exchange, key) in &self.bindings {
+            exchange.declare(channel).await?;
+            channel
+                .queue_bind(
+                    self.name.as_str().into(),
+                    exchange.name.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `x-expires` in milliseconds, typed as Python's AMQP client types small integers (a signed
+/// 32-bit "long"), so re-declarations from either side are equivalent.
+fn expires(options: &AmqpOptions) -> AMQPValue {
+    long_int(u64::try_from(options.transient_queues_ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn long_int(value: u64) -> AMQPValue {
+    match i32::try_from(value) {
+        Ok(small) => AMQPValue::LongInt(small),
+        Err(_) => AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX)),
+    }
+}
