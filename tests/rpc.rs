@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tidings::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use tidings::rpc::{RpcClient, RpcError, RpcServer};
 use tidings::transport::{Destination, OutgoingMessage};
 use tidings::{Context, Target, Transport, Version};
@@ -443,6 +444,145 @@ pub async fn msgpack_and_json_clients_share_one_server(bus: Bus) {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// Publishes a hand-built call to the suite topic with its own raw reply queue, and collects
+/// the replies that arrive within `listen_for` (keepalives included).
+async fn raw_call(
+    transport: &Transport,
+    method: &str,
+    args: Value,
+    timeout: Value,
+    listen_for: Duration,
+) -> Vec<RpcReply> {
+    let (reply_q, mut inbox) = transport.driver().open_reply_queue().await.unwrap();
+    let request = RpcRequest {
+        method: method.into(),
+        args: args.as_object().cloned().unwrap_or_default(),
+        namespace: None,
+        version: Some("1.3".into()),
+        call: Some(CallInfo {
+            msg_id: "feedfacefeedfacefeedfacefeedface".into(),
+            reply_q,
+            timeout: timeout.as_number().cloned(),
+        }),
+        unique_id: uuid::Uuid::new_v4().simple().to_string(),
+        context: Context::new(),
+    };
+    let body = Codec::OsloJson.encode_request(&request).unwrap();
+    let destination = Destination::Rpc {
+        exchange: "openstack".into(),
+        routing_key: TOPIC.into(),
+    };
+    transport
+        .driver()
+        .publish(&destination, OutgoingMessage::new(body, "application/json"))
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    let until = tokio::time::Instant::now() + listen_for;
+    while let Ok(Some(delivery)) = tokio::time::timeout_at(until, inbox.recv()).await {
+        let reply = Codec::OsloJson.decode_reply(&delivery.body).unwrap();
+        delivery.ack().await.unwrap();
+        replies.push((tokio::time::Instant::now(), reply));
+    }
+    inbox.close().await;
+    replies.into_iter().map(|(_, r)| r).collect()
+}
+
+pub async fn keepalives_follow_the_interval_and_stop_at_the_final_reply(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    // _timeout = 2 → a keepalive every int(2)/2 = 1 s while the 2.5 s handler runs.
+    let replies = raw_call(
+        &transport,
+        "sleep",
+        json!({"secs": 2.5}),
+        json!(2),
+        Duration::from_secs(4),
+    )
+    .await;
+    let (last, keepalives) = replies.split_last().expect("replies");
+    assert_eq!(keepalives.len(), 2, "{replies:?}");
+    assert!(keepalives
+        .iter()
+        .all(|r| !r.ending && r.result.is_null() && r.failure.is_none()));
+    assert!(last.ending, "nothing follows the final reply: {replies:?}");
+    assert_eq!(last.result, json!("slept"));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn no_keepalive_follows_an_error_reply(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let replies = raw_call(
+        &transport,
+        "nope",
+        json!({}),
+        json!(2),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].ending);
+    assert!(replies[0]
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.is_no_such_method()));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn no_keepalive_without_a_call_monitor(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    // Python clients crash on a keepalive they did not ask for.
+    let replies = raw_call(
+        &transport,
+        "sleep",
+        json!({"secs": 2.5}),
+        Value::Null,
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].ending);
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn call_monitor_fails_fast_when_keepalives_stop(bus: Bus) {
+    let transport = bus.transport().await;
+    // A server that takes the request and never answers: the topic queue is consumed by a raw
+    // inbox that sends nothing back.
+    let mut silent = transport
+        .driver()
+        .subscribe(
+            &tidings::transport::Subscription::RpcServer {
+                exchange: "openstack".into(),
+                topic: TOPIC.into(),
+                server: "silent".into(),
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = client(&transport)
+        .timeout(Duration::from_secs(30))
+        .call_monitor_timeout(Duration::from_secs(2))
+        .call::<Value>(&Context::new(), "echo", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RpcError::MonitorTimeout { .. }), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed on the monitor, not the 30 s timeout"
+    );
+    let taken = silent
+        .recv()
+        .await
+        .expect("the request reached the silent server");
+    taken.ack().await.unwrap();
+    silent.close().await;
+}
+
 macro_rules! suite {
     ($bus:expr; $($test:ident),* $(,)?) => {
         $(
@@ -475,6 +615,10 @@ macro_rules! rpc_suite {
             malformed_requests_do_not_stop_the_server,
             call_monitor_keeps_a_long_call_alive,
             msgpack_and_json_clients_share_one_server,
+            keepalives_follow_the_interval_and_stop_at_the_final_reply,
+            no_keepalive_follows_an_error_reply,
+            no_keepalive_without_a_call_monitor,
+            call_monitor_fails_fast_when_keepalives_stop,
         );
     };
 }

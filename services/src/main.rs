@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = tidings_services::cli::Cli::parse();
+    let cli = match tidings_services::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     tidings_services::cli::init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -53,11 +53,22 @@ impl Bus {
 
     /// A fresh vhost on the machine's RabbitMQ.
     pub fn amqp() -> Self {
+        Self::amqp_with_query("")
+    }
+
+    /// A fresh vhost on the machine's RabbitMQ, with `query` (e.g. `amqp_durable_queues=true`)
+    /// as the URL's query string.
+    pub fn amqp_with_query(query: &str) -> Self {
         let vhost = format!("tidings-test-{}", uuid::Uuid::new_v4().simple());
         rabbitmqctl(&["add_vhost", &vhost]);
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         Self {
-            url: format!("rabbit://{}/{vhost}", rabbit_host()),
+            url: format!("rabbit://{}/{vhost}{query}", rabbit_host()),
             vhost: Some(vhost),
         }
     }

@@ -183,7 +183,16 @@ impl RpcClient {
                 target: self.target.clone(),
             });
         }
-        let router = self.transport.reply_router().await?;
+        // Everything, reconnecting included, happens within the call's timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || RpcError::Timeout {
+            target: self.target.clone(),
+            method: method.to_owned(),
+            timeout: self.timeout,
+        };
+        let router = tokio::time::timeout_at(deadline, self.transport.reply_router())
+            .await
+            .map_err(|_| timed_out())??;
         let msg_id = topology::new_id();
         let mut waiter = router.register(msg_id.clone());
         let call = CallInfo {
@@ -191,9 +200,10 @@ impl RpcClient {
             reply_q: router.queue().to_owned(),
             timeout: self.call_monitor_timeout.and_then(seconds_number),
         };
-        self.publish(context, method, args, Some(call)).await?;
+        tokio::time::timeout_at(deadline, self.publish(context, method, args, Some(call)))
+            .await
+            .map_err(|_| timed_out())??;
 
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut monitor_deadline = self
             .call_monitor_timeout
             .map(|t| tokio::time::Instant::now() + t);
@@ -209,11 +219,7 @@ impl RpcClient {
                             after: self.call_monitor_timeout.unwrap_or_default(),
                         }
                     } else {
-                        RpcError::Timeout {
-                            target: self.target.clone(),
-                            method: method.to_owned(),
-                            timeout: self.timeout,
-                        }
+                        timed_out()
                     });
                 }
             };

@@ -14,4 +14,5 @@ pub use endpoint::{Endpoint, Handler, MethodCall, MethodService, NoArgs};
 pub use error::RpcError;
 pub use server::{
     RpcServer, RpcServerBuilder, StopReport, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_REPLY_RETRY,
 };

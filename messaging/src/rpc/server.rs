@@ -8,13 +8,13 @@
 //! buffering it. [`RpcServer::stop`] stops consuming, lets in-flight requests finish within a
 //! deadline, then closes.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -35,6 +35,16 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
 /// window catches everything that catches and more, for a few kilobytes.
 pub const DEFAULT_DEDUP_WINDOW: usize = 1024;
 
+/// How long a reply to a vanished reply queue is retried (oslo's
+/// `kombu_missing_consumer_retry_timeout`).
+pub const DEFAULT_REPLY_RETRY: Duration = Duration::from_secs(60);
+
+/// Interval between retries of an undeliverable reply.
+const REPLY_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a reply queue given up on stays known as gone.
+const OBSOLETE_QUEUE_MEMORY: Duration = Duration::from_secs(60);
+
 /// Builds an [`RpcServer`].
 #[derive(Debug)]
 pub struct RpcServerBuilder {
@@ -43,6 +53,7 @@ pub struct RpcServerBuilder {
     endpoints: Vec<Endpoint>,
     max_concurrency: usize,
     dedup_window: usize,
+    reply_retry: Duration,
 }
 
 impl RpcServerBuilder {
@@ -65,6 +76,16 @@ impl RpcServerBuilder {
     #[must_use]
     pub fn dedup_window(mut self, size: usize) -> Self {
         self.dedup_window = size;
+        self
+    }
+
+    /// How long a reply to a reply queue that no longer exists is retried (every 0.25 s, as
+    /// oslo does) before it is dropped with a warning (default 60 s). The dispatch slot is freed
+    /// while retrying; a queue given up on is remembered for a minute and later replies to it are
+    /// dropped at once.
+    #[must_use]
+    pub fn reply_retry(mut self, timeout: Duration) -> Self {
+        self.reply_retry = timeout;
         self
     }
 
@@ -92,6 +113,10 @@ impl RpcServerBuilder {
             dispatcher: Arc::new(Dispatcher::new(self.endpoints)),
             slots: Arc::new(Semaphore::new(self.max_concurrency)),
             seen: RecentIds::new(self.dedup_window),
+            replies: Arc::new(ReplyPolicy {
+                retry_for: self.reply_retry,
+                obsolete: Mutex::default(),
+            }),
             in_flight: JoinSet::new(),
             stop: stop.clone(),
             drained: CancellationToken::new(),
@@ -135,6 +160,7 @@ impl RpcServer {
             endpoints: Vec::new(),
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             dedup_window: DEFAULT_DEDUP_WINDOW,
+            reply_retry: DEFAULT_REPLY_RETRY,
         }
     }
 
@@ -205,6 +231,7 @@ struct ServerLoop {
     dispatcher: Arc<Dispatcher>,
     slots: Arc<Semaphore>,
     seen: RecentIds,
+    replies: Arc<ReplyPolicy>,
     in_flight: JoinSet<()>,
     stop: CancellationToken,
     /// Cancelled by the loop when in-flight work is done, or by `stop` to cut the drain short.
@@ -234,12 +261,10 @@ impl ServerLoop {
                 let dispatch = Dispatch {
                     transport: self.transport.clone(),
                     dispatcher: self.dispatcher.clone(),
+                    replies: self.replies.clone(),
                     codec,
                 };
-                self.in_flight.spawn(async move {
-                    dispatch.run(request).await;
-                    drop(slot);
-                });
+                self.in_flight.spawn(dispatch.run(request, slot));
             }
         }
         self.stop.cancel();
@@ -291,15 +316,44 @@ impl ServerLoop {
     }
 }
 
+/// What to do with replies whose queue is gone.
+#[derive(Debug)]
+struct ReplyPolicy {
+    retry_for: Duration,
+    /// Reply queues given up on, and when.
+    obsolete: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl ReplyPolicy {
+    fn obsolete(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        self.obsolete.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_obsolete(&self, queue: &str) -> bool {
+        let mut obsolete = self.obsolete();
+        let now = tokio::time::Instant::now();
+        obsolete.retain(|_, since| now.duration_since(*since) < OBSOLETE_QUEUE_MEMORY);
+        obsolete.contains_key(queue)
+    }
+
+    fn give_up_on(&self, queue: &str) {
+        self.obsolete()
+            .insert(queue.to_owned(), tokio::time::Instant::now());
+    }
+}
+
 /// Runs one request and sends its reply.
 struct Dispatch {
     transport: Transport,
     dispatcher: Arc<Dispatcher>,
+    replies: Arc<ReplyPolicy>,
     codec: Codec,
 }
 
 impl Dispatch {
-    async fn run(self, request: RpcRequest) {
+    /// Runs `request` holding `slot`; the slot is released once the handler is done, even if
+    /// the reply must still be retried.
+    async fn run(self, request: RpcRequest, slot: OwnedSemaphorePermit) {
         let span = tracing::info_span!(
             "rpc.dispatch",
             method = %request.method,
@@ -328,6 +382,7 @@ impl Dispatch {
                 if let Err(error) = work.await {
                     tracing::warn!(%error, "cast handler failed");
                 }
+                drop(slot);
                 return;
             };
             let outcome = match keepalive_interval(&call) {
@@ -358,10 +413,26 @@ impl Dispatch {
                     }
                 }
             };
-            self.reply(&call, &reply).await;
+            if !self.reply(&call, &reply).await {
+                drop(slot);
+                self.retry_reply(&call, &reply).await;
+            }
         }
         .instrument(span)
         .await;
+    }
+
+    /// Retries a reply whose queue was missing, every 0.25 s for the policy's time.
+    async fn retry_reply(&self, call: &CallInfo, reply: &RpcReply) {
+        let give_up_at = tokio::time::Instant::now() + self.replies.retry_for;
+        while tokio::time::Instant::now() < give_up_at {
+            tokio::time::sleep(REPLY_RETRY_INTERVAL).await;
+            if self.replies.is_obsolete(&call.reply_q) || self.reply(call, reply).await {
+                return;
+            }
+        }
+        tracing::warn!(reply_q = %call.reply_q, after = ?self.replies.retry_for, "reply queue is gone; reply dropped");
+        self.replies.give_up_on(&call.reply_q);
     }
 
     /// Sends `ending: false` replies every `every` until cancelled (by the handler finishing).
@@ -376,11 +447,17 @@ impl Dispatch {
                 msg_id: call.msg_id.clone(),
                 unique_id: topology::new_id(),
             };
-            self.reply(call, &heartbeat).await;
+            // A keepalive that cannot be delivered is not retried: the next one follows.
+            let _ = self.reply(call, &heartbeat).await;
         }
     }
 
-    async fn reply(&self, call: &CallInfo, reply: &RpcReply) {
+    /// Sends `reply`; false only when its queue does not exist (worth retrying).
+    async fn reply(&self, call: &CallInfo, reply: &RpcReply) -> bool {
+        if self.replies.is_obsolete(&call.reply_q) {
+            tracing::debug!(reply_q = %call.reply_q, "reply to a queue known to be gone dropped");
+            return true;
+        }
         let body = match self.codec.encode_reply(reply) {
             Ok(body) => body,
             Err(error) => {
@@ -398,7 +475,7 @@ impl Dispatch {
                 };
                 match self.codec.encode_reply(&fallback) {
                     Ok(body) => body,
-                    Err(_) => return,
+                    Err(_) => return true,
                 }
             }
         };
@@ -407,8 +484,13 @@ impl Dispatch {
         let destination = Destination::Reply {
             queue: call.reply_q.clone(),
         };
-        if let Err(error) = self.transport.driver().publish(&destination, message).await {
-            tracing::warn!(%error, reply_q = %call.reply_q, "reply not delivered; caller gone?");
+        match self.transport.driver().publish(&destination, message).await {
+            Ok(()) => true,
+            Err(TransportError::Unroutable { .. }) => false,
+            Err(error) => {
+                tracing::warn!(%error, reply_q = %call.reply_q, "reply not delivered");
+                true
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! operators' scripts use them.
 
 mod demo;
+mod rpc;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,26 @@ enum Command {
     Demo,
     /// Serve the demo methods (echo, add, fail, slow; version 1.3) on a topic until interrupted.
     DemoServer(demo::DemoServerArgs),
+    /// Call METHOD and print its JSON result. Exit 1 on a remote error, 2 on a timeout.
+    Call(rpc::RpcArgs),
+    /// Cast METHOD (no reply); --fanout sends to every server on the topic.
+    Cast(rpc::CastArgs),
+}
+
+/// Exit code of a command line that does not parse (EX_USAGE), kept apart from the timeout
+/// code 2 that `call` promises.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Parses the command line; `--help` and `--version` print and exit 0, bad usage exits 64.
+pub fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = error.print();
+            Err(ExitCode::from(code))
+        }
+    }
 }
 
 /// Sets up log output on stderr.
@@ -47,5 +68,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Demo => demo::run_demo().await,
         Command::DemoServer(args) => demo::run_demo_server(args).await,
+        Command::Call(args) => rpc::run_call(args).await,
+        Command::Cast(args) => rpc::run_cast(args).await,
     }
 }
