@@ -1,6 +1,8 @@
 //! `tidings call`, `tidings cast` and `tidings demo-server` against the machine's RabbitMQ, as an
 //! operator runs them: separate processes, one bus.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure to run the binary fails the test
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

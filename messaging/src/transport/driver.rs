@@ -136,8 +136,16 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
     /// Put the message back for another delivery attempt.
     async fn requeue(self: Box<Self>) -> Result<(), TransportError>;
-    /// Refuse the message without requeueing it (dead-lettered where the queue says so).
+    /// Refuse the message without requeueing it: it is dropped.
     async fn reject(self: Box<Self>) -> Result<(), TransportError>;
+    /// Move the message to its queue's dead-letter queue (`<queue>.dlq`), where an operator can
+    /// inspect it, and acknowledge it here.
+    async fn dead_letter(self: Box<Self>) -> Result<(), TransportError>;
+}
+
+/// Name of the dead-letter queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
 }
 
 /// One message taken from a queue; settle it with [`ack`](Self::ack),
@@ -150,6 +158,10 @@ pub struct Delivery {
     pub content_type: String,
     /// Whether the broker delivered this message before.
     pub redelivered: bool,
+    /// How many times a consumer asked for this message to be retried ([`requeue`]).
+    ///
+    /// [`requeue`]: Self::requeue
+    pub requeues: u32,
     /// Queue it came from.
     pub queue: String,
     acker: Box<dyn Acknowledge>,
@@ -161,6 +173,7 @@ impl Delivery {
         body: Bytes,
         content_type: String,
         redelivered: bool,
+        requeues: u32,
         queue: String,
         acker: Box<dyn Acknowledge>,
     ) -> Self {
@@ -168,6 +181,7 @@ impl Delivery {
             body,
             content_type,
             redelivered,
+            requeues,
             queue,
             acker,
         }
@@ -184,9 +198,14 @@ impl Delivery {
         self.acker.ack().await
     }
 
-    /// Returns the message to its queue.
+    /// Returns the message to its queue for another attempt, counting the attempt.
     pub async fn requeue(self) -> Result<(), TransportError> {
         self.acker.requeue().await
+    }
+
+    /// Moves the message to its queue's dead-letter queue.
+    pub async fn dead_letter(self) -> Result<(), TransportError> {
+        self.acker.dead_letter().await
     }
 
     /// Rejects the message without requeueing.

@@ -26,6 +26,7 @@ struct Stored {
     content_type: &'static str,
     expires_at: Option<Instant>,
     redelivered: bool,
+    requeues: u32,
 }
 
 /// A queue with competing consumers.
@@ -46,7 +47,8 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    fn requeue(&self, mut message: Stored) {
+    /// Returns an unsettled message to the head of the queue, as the broker does.
+    fn restore(&self, mut message: Stored) {
         message.redelivered = true;
         self.lock().push_front(message);
         self.ready.notify_one();
@@ -171,44 +173,53 @@ impl Broker {
     }
 }
 
-/// Settles a memory delivery: requeue puts it back at the head of its queue. A delivery dropped
-/// unsettled goes back too, as an unacked AMQP delivery does when its channel closes.
+/// Settles a memory delivery. A requeued message goes to the back of its queue with its count
+/// raised (as the AMQP driver does it); a delivery dropped unsettled goes back to the head, as
+/// an unacked AMQP delivery does when its channel closes.
 #[derive(Debug)]
 struct MemoryAcker {
+    broker: Weak<Broker>,
+    queue_name: String,
     queue: Weak<Queue>,
     message: Option<Stored>,
 }
 
-impl MemoryAcker {
-    fn settle(&mut self, requeue: bool) {
-        if let (Some(message), true) = (self.message.take(), requeue) {
-            if let Some(queue) = self.queue.upgrade() {
-                queue.requeue(message);
-            }
-        }
-    }
-}
-
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
-        self.settle(true);
+        if let (Some(message), Some(queue)) = (self.message.take(), self.queue.upgrade()) {
+            queue.restore(message);
+        }
     }
 }
 
 #[async_trait]
 impl Acknowledge for MemoryAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.settle(false);
+        self.message = None;
         Ok(())
     }
 
     async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.settle(true);
+        if let (Some(mut message), Some(queue)) = (self.message.take(), self.queue.upgrade()) {
+            message.redelivered = true;
+            message.requeues = message.requeues.saturating_add(1);
+            queue.push(message);
+        }
         Ok(())
     }
 
     async fn reject(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.settle(false);
+        self.message = None;
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let (Some(message), Some(broker)) = (self.message.take(), self.broker.upgrade()) {
+            let dead = broker
+                .state()
+                .declare(&super::driver::dead_letter_queue(&self.queue_name));
+            dead.push(message);
+        }
         Ok(())
     }
 }
@@ -240,6 +251,7 @@ impl MemoryDriver {
     /// Feeds `queue` into `sender` until the inbox closes; the channel's capacity plays the
     /// part of AMQP prefetch.
     fn consume(&self, name: String, queue: Arc<Queue>, sender: mpsc::Sender<Delivery>) {
+        let broker = Arc::downgrade(&self.broker);
         tokio::spawn(async move {
             loop {
                 let permit = tokio::select! {
@@ -254,6 +266,8 @@ impl MemoryDriver {
                     message = queue.pop() => message,
                 };
                 let acker = MemoryAcker {
+                    broker: broker.clone(),
+                    queue_name: name.clone(),
                     queue: Arc::downgrade(&queue),
                     message: Some(message.clone()),
                 };
@@ -261,6 +275,7 @@ impl MemoryDriver {
                     message.body,
                     message.content_type.to_owned(),
                     message.redelivered,
+                    message.requeues,
                     name.clone(),
                     Box::new(acker),
                 ));
@@ -288,6 +303,7 @@ impl Driver for MemoryDriver {
             content_type: message.content_type,
             expires_at: message.expiration.map(|ttl| Instant::now() + ttl),
             redelivered: false,
+            requeues: 0,
         };
         for queue in queues {
             queue.push(stored.clone());

@@ -14,8 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use driver::{
-    Acknowledge, CloseHook, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage,
-    Subscription,
+    dead_letter_queue, Acknowledge, CloseHook, ConsumeOptions, Delivery, Destination, Driver,
+    Inbox, OutgoingMessage, Subscription,
 };
 pub use error::TransportError;
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::{SelectAll, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +26,84 @@ pub(super) struct ConsumerSpec {
     pub(super) queues: Vec<QueueSpec>,
     pub(super) prefetch: u16,
     pub(super) resubscribe: bool,
+    /// Where requeued and dead-lettered messages are published from.
+    pub(super) republisher: Arc<Republisher>,
+}
+
+/// Header counting how many times tidings requeued a message.
+pub(super) const REQUEUES_HEADER: &str = "x-tidings-requeues";
+
+/// Publishes a message again: to the back of its queue with its requeue count raised, or to its
+/// dead-letter queue. Requeue by republishing (rather than `basic.nack`) is what lets the count
+/// travel with the message on classic queues, which keep no delivery count of their own.
+#[derive(Debug)]
+pub(super) struct Republisher {
+    pub(super) send: Arc<Link>,
+    pub(super) options: super::options::AmqpOptions,
+}
+
+impl Republisher {
+    async fn publish(
+        &self,
+        queue: &str,
+        message: &Held,
+        requeues: u32,
+        declare: bool,
+    ) -> Result<(), TransportError> {
+        let session = self
+            .send
+            .session(self.options.publish_recovery_timeout)
+            .await?;
+        let failed = |error: lapin::Error| {
+            TransportError::Driver(format!("could not republish to {queue}: {error}"))
+        };
+        let channel = session.publisher().await.map_err(failed)?;
+        if declare {
+            QueueSpec::topic(queue, &self.options)
+                .declare(&channel)
+                .await
+                .map_err(failed)?;
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REQUEUES_HEADER.into(),
+            AMQPValue::LongInt(i32::try_from(requeues).unwrap_or(i32::MAX)),
+        );
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(message.content_type.as_str().into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(2)
+            .with_priority(0)
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        if confirm.is_nack() {
+            return Err(TransportError::Rejected {
+                destination: queue.to_owned(),
+                reason: "negative publisher confirm".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What an acker keeps of its message to publish it again.
+#[derive(Debug)]
+struct Held {
+    queue: String,
+    body: bytes::Bytes,
+    content_type: String,
+    requeues: u32,
 }
 
 /// Starts consuming `spec` into `sender`; returns once the queues are declared and consumed on
@@ -147,13 +226,23 @@ async fn consume_on(
             .as_ref()
             .map(|ct| ct.as_str().to_owned())
             .unwrap_or_default();
+        let requeues = requeue_count(delivery.properties.headers().as_ref());
+        let body = bytes::Bytes::from(delivery.data);
         let acker = AmqpAcker {
             acker: Some(delivery.acker),
+            held: Held {
+                queue: queue.clone(),
+                body: body.clone(),
+                content_type: content_type.clone(),
+                requeues,
+            },
+            republisher: spec.republisher.clone(),
         };
         let ours = Delivery::new(
-            delivery.data.into(),
+            body,
             content_type,
             delivery.redelivered,
+            requeues,
             queue,
             Box::new(acker),
         );
@@ -178,10 +267,29 @@ fn driver_error(error: lapin::Error) -> TransportError {
     TransportError::Driver(error.to_string())
 }
 
+/// How many times the message was requeued: our header, or a quorum queue's delivery count.
+fn requeue_count(headers: Option<&FieldTable>) -> u32 {
+    let Some(headers) = headers else { return 0 };
+    let inner = headers.inner();
+    let value = inner
+        .get(REQUEUES_HEADER)
+        .or_else(|| inner.get("x-delivery-count"));
+    let count = match value {
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
 /// Settles an AMQP delivery. Dropped unsettled, it is returned to its queue.
 #[derive(Debug)]
 struct AmqpAcker {
     acker: Option<lapin::Acker>,
+    held: Held,
+    republisher: Arc<Republisher>,
 }
 
 impl Drop for AmqpAcker {
@@ -219,16 +327,60 @@ impl Acknowledge for AmqpAcker {
     }
 
     async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
-        match self.acker.take() {
-            Some(acker) => acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        let count = self.held.requeues.saturating_add(1);
+        match self
+            .republisher
+            .publish(&self.held.queue, &self.held, count, false)
+            .await
+        {
+            Ok(()) => acker
+                .ack(BasicAckOptions::default())
                 .await
                 .map(drop)
                 .map_err(settle_error),
-            None => Ok(()),
+            Err(error) => {
+                // Could not republish: let the broker requeue it (uncounted) rather than lose it.
+                tracing::warn!(%error, "requeue by republish failed; returning the message to the broker");
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(settle_error)
+            }
+        }
+    }
+
+    async fn dead_letter(mut self: Box<Self>) -> Result<(), TransportError> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        let queue = crate::transport::dead_letter_queue(&self.held.queue);
+        match self
+            .republisher
+            .publish(&queue, &self.held, self.held.requeues, true)
+            .await
+        {
+            Ok(()) => acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(settle_error),
+            Err(error) => {
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .map_err(settle_error)?;
+                Err(error)
+            }
         }
     }
 

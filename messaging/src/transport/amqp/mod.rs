@@ -36,6 +36,7 @@ pub struct AmqpDriver {
     options: AmqpOptions,
     send: Arc<Link>,
     listen: Arc<Link>,
+    republisher: Arc<consume::Republisher>,
 }
 
 /// Why one publish attempt failed.
@@ -53,10 +54,15 @@ impl AmqpDriver {
         let options = AmqpOptions::from_url(url)?;
         let send = Link::open(url, &options, "send").await?;
         let listen = Link::open(url, &options, "listen").await?;
+        let republisher = Arc::new(consume::Republisher {
+            send: send.clone(),
+            options: options.clone(),
+        });
         Ok(Self {
             options,
             send,
             listen,
+            republisher,
         })
     }
 
@@ -170,6 +176,7 @@ impl AmqpDriver {
             queues,
             prefetch,
             resubscribe,
+            republisher: self.republisher.clone(),
         };
         consume::start(
             self.listen.clone(),
