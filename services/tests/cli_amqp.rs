@@ -201,3 +201,84 @@ fn an_unreachable_broker_fails_clearly() {
     assert!(err.contains("cannot open the transport"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
+
+#[test]
+fn notify_and_listen_speak_json_lines() {
+    let bus = Bus::amqp();
+    let url = bus.url();
+    // Sent before anyone listens: the notifier declares notifications.info, so nothing is lost.
+    let out = tidings(
+        url,
+        &[
+            "notify",
+            "--topic",
+            "notifications",
+            "--priority",
+            "info",
+            "--event-type",
+            "compute.start",
+            "--publisher-id",
+            "compute.h1",
+            "--context",
+            r#"{"user": "u1"}"#,
+            r#"{"id": 1}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tidings(
+        url,
+        &[
+            "notify",
+            "--topic",
+            "notifications",
+            "--priority",
+            "warn",
+            "--event-type",
+            "legacy",
+            "--publisher-id",
+            "old",
+            "--v1",
+            "[1, 2]",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = tidings(url, &["listen", "--topic", "notifications", "--count", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let info = lines.iter().find(|l| l["priority"] == "info").unwrap();
+    assert_eq!(info["publisher_id"], "compute.h1");
+    assert_eq!(info["event_type"], "compute.start");
+    assert_eq!(info["payload"], serde_json::json!({"id": 1}));
+    assert_eq!(info["context"], serde_json::json!({"user": "u1"}));
+    assert!(
+        info["metadata"]["message_id"].is_string() && info["metadata"]["timestamp"].is_string()
+    );
+    let warn = lines.iter().find(|l| l["priority"] == "warn").unwrap();
+    assert_eq!(warn["payload"], serde_json::json!([1, 2]));
+
+    let out = tidings(
+        url,
+        &[
+            "notify",
+            "--topic",
+            "t",
+            "--priority",
+            "loud",
+            "--event-type",
+            "e",
+            "--publisher-id",
+            "p",
+            "{}",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "an unknown priority is a usage error"
+    );
+}

@@ -114,6 +114,11 @@ pub enum Subscription {
         /// Listener pool name: listeners in one pool share the messages.
         pool: Option<String>,
     },
+    /// One named queue, declared like a topic queue, with no bindings: e.g. a dead-letter queue.
+    Queue {
+        /// The queue's name.
+        name: String,
+    },
 }
 
 /// How a consumer takes messages.

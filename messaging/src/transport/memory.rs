@@ -349,6 +349,10 @@ impl Driver for MemoryDriver {
                         }
                     }) as super::driver::CloseHook);
                 }
+                Subscription::Queue { name } => {
+                    let queue = state.declare(name);
+                    consumed.push((name.clone(), queue));
+                }
                 Subscription::Notifications {
                     exchange,
                     topics,

@@ -2,6 +2,7 @@
 //! operators' scripts use them.
 
 mod demo;
+mod notify;
 mod rpc;
 
 use std::process::ExitCode;
@@ -30,6 +31,11 @@ enum Command {
     Call(rpc::RpcArgs),
     /// Cast METHOD (no reply); --fanout sends to every server on the topic.
     Cast(rpc::CastArgs),
+    /// Publish one notification.
+    Notify(notify::NotifyArgs),
+    /// Print notifications as JSON lines (priority, publisher_id, event_type, payload, metadata,
+    /// context); exit after --count.
+    Listen(notify::ListenArgs),
 }
 
 /// Exit code of a command line that does not parse (EX_USAGE), kept apart from the timeout
@@ -70,5 +76,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::DemoServer(args) => demo::run_demo_server(args).await,
         Command::Call(args) => rpc::run_call(args).await,
         Command::Cast(args) => rpc::run_cast(args).await,
+        Command::Notify(args) => notify::run_notify(args).await,
+        Command::Listen(args) => notify::run_listen(args).await,
     }
 }

@@ -294,6 +294,11 @@ impl Driver for AmqpDriver {
                     Some(self.delete_on_close(fanout_queue)),
                 ))
             }
+            Subscription::Queue { name } => {
+                let queues = vec![QueueSpec::topic(name, &self.options)];
+                let receiver = self.consume(queues, options.prefetch, true).await?;
+                Ok(Inbox::new(receiver, None))
+            }
             Subscription::Notifications {
                 exchange,
                 topics,

@@ -1,0 +1,398 @@
+//! Notification listeners: consume `<topic>.<priority>` queues (or one queue per pool), run the
+//! endpoints' handlers, and settle each message after handling — acknowledged, or requeued when
+//! a handler asks and the listener allows it. A message requeued more than the listener's limit
+//! goes to the dead-letter queue `<queue>.dlq` instead of looping forever; so does a message that
+//! cannot be decoded at all.
+//!
+//! Batch mode collects up to `size` messages or waits at most `timeout` after the first one,
+//! then hands each endpoint the batch's messages of one priority at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, SelectAll, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::endpoint::{NotificationEndpoint, Outcome};
+use super::{IncomingNotification, Metadata, Priority};
+use crate::codec::Codec;
+use crate::rpc::StopReport;
+use crate::transport::{ConsumeOptions, Delivery, Inbox, Subscription, Transport, TransportError};
+use crate::Target;
+
+/// oslo's default executor size.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+
+/// Requeues allowed before a message is dead-lettered.
+pub const DEFAULT_MAX_REQUEUES: u32 = 5;
+
+/// Builds a [`NotificationListener`].
+#[derive(Debug)]
+pub struct NotificationListenerBuilder {
+    transport: Transport,
+    targets: Vec<Target>,
+    endpoints: Vec<NotificationEndpoint>,
+    pool: Option<String>,
+    allow_requeue: bool,
+    max_requeues: u32,
+    max_concurrency: usize,
+    batch: Option<(usize, Duration)>,
+}
+
+impl NotificationListenerBuilder {
+    /// Adds an endpoint; all endpoints that handle a priority and accept the notification are
+    /// called in order.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: NotificationEndpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Listeners in one pool share one queue named `pool`, bound with every
+    /// `<topic>.<priority>` key: each pool gets its own copy of every notification.
+    #[must_use]
+    pub fn pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
+    /// Whether handlers may ask for a message to be requeued (oslo's `allow_requeue`, default
+    /// false: a requeue request is acknowledged like success).
+    #[must_use]
+    pub fn allow_requeue(mut self, allow: bool) -> Self {
+        self.allow_requeue = allow;
+        self
+    }
+
+    /// Requeues before a message goes to the dead-letter queue (default 5).
+    #[must_use]
+    pub fn max_requeues(mut self, limit: u32) -> Self {
+        self.max_requeues = limit;
+        self
+    }
+
+    /// Messages (or batches) handled at once (default 64).
+    #[must_use]
+    pub fn max_concurrency(mut self, limit: usize) -> Self {
+        self.max_concurrency = limit.max(1);
+        self
+    }
+
+    /// Hand messages to handlers in batches of up to `size`, waiting at most `timeout` after the
+    /// first message of a batch.
+    #[must_use]
+    pub fn batch(mut self, size: usize, timeout: Duration) -> Self {
+        self.batch = Some((size.max(1), timeout));
+        self
+    }
+
+    /// Declares the queues and starts listening.
+    pub async fn start(self) -> Result<NotificationListener, TransportError> {
+        let priorities: Vec<Priority> = Priority::ALL
+            .into_iter()
+            .filter(|p| self.endpoints.iter().any(|e| e.handles(*p)))
+            .collect();
+        // The prefetch must hold a whole batch, or a batch could never fill.
+        let prefetch = match self.batch {
+            Some((size, _)) => size.saturating_mul(2).max(self.max_concurrency),
+            None => self.max_concurrency,
+        };
+        let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+        let mut by_exchange: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for target in &self.targets {
+            let exchange = target
+                .exchange_or(self.transport.control_exchange())
+                .to_owned();
+            by_exchange
+                .entry(exchange)
+                .or_default()
+                .push(target.topic.clone());
+        }
+        let mut inboxes = Vec::new();
+        if !priorities.is_empty() {
+            for (exchange, topics) in by_exchange {
+                let subscription = Subscription::Notifications {
+                    exchange,
+                    topics,
+                    priorities: priorities.iter().map(|p| p.as_key().to_owned()).collect(),
+                    pool: self.pool.clone(),
+                };
+                inboxes.push(
+                    self.transport
+                        .driver()
+                        .subscribe(&subscription, ConsumeOptions { prefetch })
+                        .await?,
+                );
+            }
+        }
+        let stop = CancellationToken::new();
+        let drained = CancellationToken::new();
+        let worker = ListenLoop {
+            dispatch: Arc::new(Dispatch {
+                endpoints: self.endpoints,
+                allow_requeue: self.allow_requeue,
+                max_requeues: self.max_requeues,
+            }),
+            slots: Arc::new(Semaphore::new(self.max_concurrency)),
+            in_flight: JoinSet::new(),
+            stop: stop.clone(),
+            drained: drained.clone(),
+        };
+        let task = tokio::spawn(worker.run(inboxes, self.batch));
+        Ok(NotificationListener {
+            stop,
+            drained,
+            task,
+        })
+    }
+}
+
+/// A running notification listener.
+#[derive(Debug)]
+pub struct NotificationListener {
+    stop: CancellationToken,
+    drained: CancellationToken,
+    task: tokio::task::JoinHandle<StopReport>,
+}
+
+impl NotificationListener {
+    /// Starts building a listener on `targets` (exchange and topic of each).
+    pub fn builder(transport: &Transport, targets: Vec<Target>) -> NotificationListenerBuilder {
+        NotificationListenerBuilder {
+            transport: transport.clone(),
+            targets,
+            endpoints: Vec::new(),
+            pool: None,
+            allow_requeue: false,
+            max_requeues: DEFAULT_MAX_REQUEUES,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            batch: None,
+        }
+    }
+
+    /// Stops consuming (a partial batch is handled), waits up to `deadline` for handlers in
+    /// flight, and closes. Messages not yet handed to a handler go back to their queues.
+    pub async fn stop(self, deadline: Duration) -> StopReport {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.drained.cancelled())
+            .await
+            .is_err()
+        {
+            self.drained.cancel();
+        }
+        self.task.await.unwrap_or_default()
+    }
+
+    /// Resolves when the listener has stopped, on its own or by [`stop`](Self::stop).
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+}
+
+/// Decodes, dispatches and settles.
+#[derive(Debug)]
+struct Dispatch {
+    endpoints: Vec<NotificationEndpoint>,
+    allow_requeue: bool,
+    max_requeues: u32,
+}
+
+/// A delivery decoded into what handlers see.
+struct Received {
+    notification: IncomingNotification,
+    delivery: Delivery,
+}
+
+impl Dispatch {
+    /// Decodes a delivery; one that cannot be decoded is dead-lettered at once.
+    async fn decode(&self, delivery: Delivery) -> Option<Received> {
+        let decoded = Codec::from_content_type(&delivery.content_type)
+            .and_then(|codec| codec.decode_notification(&delivery.body));
+        let notification = match decoded {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, queue = %delivery.queue, "undecodable notification moved to the dead-letter queue");
+                settle(delivery.dead_letter().await);
+                return None;
+            }
+        };
+        let priority = match notification.priority.parse::<Priority>() {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, queue = %delivery.queue, "notification with an unknown priority moved to the dead-letter queue");
+                settle(delivery.dead_letter().await);
+                return None;
+            }
+        };
+        Some(Received {
+            notification: IncomingNotification {
+                context: notification.context,
+                priority,
+                publisher_id: notification.publisher_id,
+                event_type: notification.event_type,
+                payload: notification.payload,
+                metadata: Metadata {
+                    message_id: notification.message_id,
+                    timestamp: notification.timestamp,
+                },
+            },
+            delivery,
+        })
+    }
+
+    /// Runs the endpoints over messages of one priority; any requeue request (or failure) stops
+    /// the chain, as in oslo.
+    async fn outcome(&self, priority: Priority, batch: Vec<IncomingNotification>) -> Outcome {
+        for endpoint in &self.endpoints {
+            let accepted: Vec<IncomingNotification> = batch
+                .iter()
+                .filter(|n| endpoint.accepts(n))
+                .cloned()
+                .collect();
+            if accepted.is_empty() {
+                continue;
+            }
+            match endpoint.run(priority, accepted).await {
+                Some(Outcome::Requeue) => return Outcome::Requeue,
+                Some(Outcome::Handled) | None => {}
+            }
+        }
+        Outcome::Handled
+    }
+
+    /// Handles messages (all of one batch) and settles each.
+    async fn handle(&self, received: Vec<Received>) {
+        let mut by_priority: BTreeMap<Priority, Vec<Received>> = BTreeMap::new();
+        for r in received {
+            by_priority
+                .entry(r.notification.priority)
+                .or_default()
+                .push(r);
+        }
+        for (priority, group) in by_priority {
+            let span = tracing::info_span!("notify.dispatch", %priority, messages = group.len());
+            let notifications = group.iter().map(|r| r.notification.clone()).collect();
+            let outcome = self.outcome(priority, notifications).instrument(span).await;
+            for r in group {
+                self.settle_one(r.delivery, outcome).await;
+            }
+        }
+    }
+
+    async fn settle_one(&self, delivery: Delivery, outcome: Outcome) {
+        match outcome {
+            Outcome::Requeue if self.allow_requeue => {
+                if delivery.requeues >= self.max_requeues {
+                    tracing::warn!(queue = %delivery.queue, requeues = delivery.requeues, "notification requeued too often; moved to the dead-letter queue");
+                    settle(delivery.dead_letter().await);
+                } else {
+                    settle(delivery.requeue().await);
+                }
+            }
+            _ => settle(delivery.ack().await),
+        }
+    }
+}
+
+fn settle(result: Result<(), TransportError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not settle a notification; the broker will deliver it again");
+    }
+}
+
+struct ListenLoop {
+    dispatch: Arc<Dispatch>,
+    slots: Arc<Semaphore>,
+    in_flight: JoinSet<()>,
+    stop: CancellationToken,
+    drained: CancellationToken,
+}
+
+impl ListenLoop {
+    async fn run(mut self, inboxes: Vec<Inbox>, batch: Option<(usize, Duration)>) -> StopReport {
+        let mut deliveries: SelectAll<_> = inboxes
+            .into_iter()
+            .map(|inbox| {
+                Box::pin(stream::unfold(inbox, |mut inbox| async move {
+                    inbox.recv().await.map(|d| (d, inbox))
+                }))
+            })
+            .collect();
+        let (size, timeout) = batch.unwrap_or((1, Duration::ZERO));
+        let mut pending: Vec<Received> = Vec::with_capacity(size);
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            let wake =
+                flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = tokio::time::sleep_until(wake), if flush_at.is_some() => {
+                    flush_at = None;
+                    self.spawn(std::mem::take(&mut pending)).await;
+                }
+                next = deliveries.next() => {
+                    let Some(delivery) = next else {
+                        if !self.stop.is_cancelled() {
+                            tracing::warn!("notification inboxes closed by the transport");
+                        }
+                        break;
+                    };
+                    if let Some(received) = self.dispatch.decode(delivery).await {
+                        pending.push(received);
+                        if pending.len() >= size {
+                            flush_at = None;
+                            self.spawn(std::mem::take(&mut pending)).await;
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + timeout);
+                        }
+                    }
+                }
+            }
+        }
+        self.stop.cancel();
+        if !pending.is_empty() {
+            self.spawn(pending).await;
+        }
+        drop(deliveries);
+        self.drain().await
+    }
+
+    /// Hands a batch to a task once a slot is free.
+    async fn spawn(&mut self, batch: Vec<Received>) {
+        if batch.is_empty() {
+            return;
+        }
+        while self.in_flight.try_join_next().is_some() {}
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let dispatch = self.dispatch.clone();
+        self.in_flight.spawn(async move {
+            dispatch.handle(batch).await;
+            drop(slot);
+        });
+    }
+
+    async fn drain(mut self) -> StopReport {
+        let mut report = StopReport::default();
+        loop {
+            tokio::select! {
+                joined = self.in_flight.join_next() => match joined {
+                    Some(_) => report.finished += 1,
+                    None => break,
+                },
+                () = self.drained.cancelled() => {
+                    report.abandoned = self.in_flight.len();
+                    self.in_flight.shutdown().await;
+                    break;
+                }
+            }
+        }
+        self.drained.cancel();
+        report
+    }
+}
