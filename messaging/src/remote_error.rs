@@ -77,15 +77,12 @@ impl RemoteError {
 
     /// oslo's `UnsupportedVersion`: no endpoint accepts the namespace and version.
     pub fn unsupported_version(version: &str, method: &str) -> Self {
+        // Python's exception carries no kwargs, so neither do we: peers see the same failure.
         Self::new(
             "UnsupportedVersion",
             DISPATCHER_MODULE,
             format!("Endpoint does not support RPC version {version}. Attempted method: {method}"),
         )
-        .with_kwargs(Map::from_iter([(
-            "method".to_owned(),
-            Value::String(method.to_owned()),
-        )]))
     }
 
     /// The arguments did not fit the method: Python raises `TypeError` in the same case.

@@ -1,0 +1,914 @@
+//! Live interop with the real oslo.messaging (18.3.1 from PyPI) over RabbitMQ: RPC both ways.
+//!
+//! The Python peers are the scripts in `tests/interop/`, run with the interpreter named by
+//! `TIDINGS_INTEROP_PYTHON` (`.ci/run` creates `.venv/interop` and sets it), else
+//! `.venv/interop/bin/python` in the workspace. Without one that imports oslo.messaging 18.3.1
+//! every test here fails: these tests are the proof of wire compatibility and never skip.
+//!
+//! Each test has its own vhost ([`Bus::amqp`]). A Python process prints one JSON object per
+//! line; its guard ([`Python`]) kills it when dropped, so a failing test leaves nothing running.
+//! Notifications will add their own scripts and a module here, reusing [`Python`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tidings::rpc::{Endpoint, RpcClient, RpcServer};
+use tidings::{Context, RemoteError, Target, Transport, Version};
+use tidings_suites::{eventually, test_endpoint, Bus, Probe};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// The oslo.messaging release `.ci/run` installs.
+const OSLO_MESSAGING_VERSION: &str = "18.3.1";
+const TOPIC: &str = "interop";
+const V13: Version = Version::new(1, 3);
+/// How long a Python process may take to print its next line (start-up included).
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Python processes
+
+/// The Python interpreter with oslo.messaging, checked once; panics (failing the test) when it
+/// is missing or has another version.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let python = std::env::var_os("TIDINGS_INTEROP_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join(".venv/interop/bin/python"));
+        let how_to_fix = format!(
+            "the interop tests need Python with oslo.messaging=={OSLO_MESSAGING_VERSION}: run \
+             .ci/run (it creates .venv/interop and sets TIDINGS_INTEROP_PYTHON), or point \
+             TIDINGS_INTEROP_PYTHON at such an interpreter (tried {})",
+            python.display()
+        );
+        let probe = std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import importlib.metadata as m, oslo_messaging; print(m.version('oslo.messaging'))",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{how_to_fix}: cannot run it: {e}"));
+        let version = String::from_utf8_lossy(&probe.stdout).trim().to_owned();
+        assert!(
+            probe.status.success(),
+            "{how_to_fix}: `import oslo_messaging` failed: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        assert_eq!(
+            version, OSLO_MESSAGING_VERSION,
+            "{how_to_fix}: found oslo.messaging {version}"
+        );
+        python
+    })
+}
+
+/// A running Python script. Dropping it kills the process (`kill_on_drop`); its stdin stays
+/// open while it lives, and the servers stop when it closes, so they end even if this test
+/// process is killed outright.
+struct Python {
+    what: String,
+    child: Child,
+    _stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Python {
+    fn spawn(script: &str, args: &[&str]) -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("interop")
+            .join(script);
+        let mut child = Command::new(python())
+            .arg(&path)
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            // No __pycache__ beside the scripts in the work tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let stderr_reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err_pipe.read(&mut buf).await {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            what: format!("{script} {}", args.join(" ")),
+            _stdin: child.stdin.take().unwrap(),
+            stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    /// Waits (briefly) until the process's stderr is read to its end, so a failure report
+    /// after it exited shows everything it wrote.
+    async fn drain_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        }
+    }
+
+    /// Fails the test with what the process wrote on stderr.
+    fn fail(&self, why: &str) -> ! {
+        let stderr = self.stderr.lock().unwrap().clone();
+        let tail: String = {
+            let chars: Vec<char> = stderr.chars().collect();
+            chars[chars.len().saturating_sub(6000)..].iter().collect()
+        };
+        panic!("{}: {why}\n--- its stderr (end) ---\n{tail}", self.what)
+    }
+
+    /// The next JSON line, or `None` when the process closed its stdout.
+    async fn next_line(&mut self) -> Option<Value> {
+        let line = match tokio::time::timeout(LINE_TIMEOUT, self.stdout.next_line()).await {
+            Ok(Ok(line)) => line?,
+            Ok(Err(e)) => self.fail(&format!("reading its stdout failed: {e}")),
+            Err(_) => self.fail(&format!("printed nothing for {LINE_TIMEOUT:?}")),
+        };
+        match serde_json::from_str(&line) {
+            Ok(value) => Some(value),
+            Err(e) => self.fail(&format!("printed a line that is not JSON ({e}): {line}")),
+        }
+    }
+
+    /// Every remaining line, then the exit status, which must be success.
+    async fn finish(mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next_line().await {
+            lines.push(line);
+        }
+        let status = tokio::time::timeout(LINE_TIMEOUT, self.child.wait()).await;
+        self.drain_stderr().await;
+        match status {
+            Ok(Ok(status)) if status.success() => lines,
+            Ok(Ok(status)) => self.fail(&format!("exited with {status}")),
+            Ok(Err(e)) => self.fail(&format!("wait failed: {e}")),
+            Err(_) => self.fail("did not exit after closing its stdout"),
+        }
+    }
+}
+
+/// An oslo.messaging RPC server (`tests/interop/rpc_server.py`) named `name` on [`TOPIC`],
+/// ready: its queues exist.
+async fn python_server(bus: &Bus, name: &str) -> Python {
+    let mut server = Python::spawn("rpc_server.py", &[bus.url(), TOPIC, name]);
+    match server.next_line().await {
+        Some(line) if line["event"] == "ready" => server,
+        Some(line) => server.fail(&format!("expected the ready line, got {line}")),
+        None => {
+            server.drain_stderr().await;
+            server.fail("exited before it was ready")
+        }
+    }
+}
+
+/// Starts several Python servers at once (each costs about a second of start-up).
+async fn python_servers<const N: usize>(bus: &Bus, names: [&str; N]) -> Vec<Python> {
+    futures::future::join_all(names.map(|name| python_server(bus, name))).await
+}
+
+/// What a Python client run printed, by operation id.
+#[derive(Debug)]
+struct Outcomes(HashMap<String, Value>);
+
+impl Outcomes {
+    fn get(&self, id: &str) -> &Value {
+        self.0
+            .get(id)
+            .unwrap_or_else(|| panic!("no outcome for {id}: {self:#?}"))
+    }
+
+    /// The result of `id`, which must have succeeded.
+    fn result(&self, id: &str) -> &Value {
+        let outcome = self.get(id);
+        assert!(outcome["error"].is_null(), "{id} failed: {outcome:#}");
+        &outcome["result"]
+    }
+
+    /// The error of `id` as Python saw it (class, module, message, args, exc_type, value).
+    fn error(&self, id: &str) -> &Value {
+        let outcome = self.get(id);
+        assert!(
+            outcome.get("error").is_some(),
+            "{id} succeeded: {outcome:#}"
+        );
+        &outcome["error"]
+    }
+}
+
+/// Runs `ops` (see `tests/interop/rpc_client.py`) in order with an oslo.messaging RPC client
+/// on [`TOPIC`].
+async fn python_client(bus: &Bus, ops: Value) -> Outcomes {
+    let count = ops.as_array().map_or(0, Vec::len);
+    let lines = Python::spawn("rpc_client.py", &[bus.url(), TOPIC, &ops.to_string()])
+        .finish()
+        .await;
+    let outcomes: HashMap<String, Value> = lines
+        .into_iter()
+        .map(|line| (line["id"].as_str().unwrap_or_default().to_owned(), line))
+        .collect();
+    assert_eq!(
+        outcomes.len(),
+        count,
+        "one line per operation: {outcomes:#?}"
+    );
+    Outcomes(outcomes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// tidings peers
+
+/// What a service's own `ValueError('bad value', 42)` looks like from Python.
+fn python_value_error() -> RemoteError {
+    let mut error = RemoteError::new("ValueError", "builtins", "('bad value', 42)");
+    error.args = vec![json!("bad value"), json!(42)];
+    error
+}
+
+/// Methods the shared test endpoint lacks: a builtin Python exception.
+fn interop_endpoint() -> Endpoint {
+    Endpoint::new().version(V13).method(
+        "value_error",
+        |_ctx: Context, _: tidings::rpc::NoArgs| async move { Err::<(), _>(python_value_error()) },
+    )
+}
+
+/// A tidings server `name` on [`TOPIC`] serving the shared test endpoint (version 1.3: echo,
+/// context, sleep, note, raise, whoami, panic) and [`interop_endpoint`].
+async fn tidings_server(transport: &Transport, name: &str, probe: Arc<Probe>) -> RpcServer {
+    RpcServer::builder(transport, Target::topic(TOPIC).with_server(name))
+        .endpoint(test_endpoint(name, probe))
+        .endpoint(interop_endpoint())
+        .start()
+        .await
+        .expect("tidings server starts")
+}
+
+fn tidings_client(transport: &Transport) -> RpcClient {
+    RpcClient::new(transport, Target::topic(TOPIC))
+        .version(V13)
+        .timeout(Duration::from_secs(15))
+}
+
+/// One value of every JSON type, by name.
+fn every_json_type() -> Vec<(&'static str, Value)> {
+    vec![
+        ("int", json!(7)),
+        ("negative_int", json!(-42)),
+        ("int_beyond_f64_precision", json!(9_007_199_254_740_993_i64)),
+        ("float", json!(2.5)),
+        ("float_needing_17_digits", json!(0.1 + 0.2)),
+        ("int64_extremes", json!([i64::MIN, u64::MAX])),
+        ("small_float", json!(1e-7)),
+        ("true", json!(true)),
+        ("false", json!(false)),
+        ("null", Value::Null),
+        ("unicode_string", json!("żółw ☃ 🐢 \"quoted\" \\ \n tab\t")),
+        ("empty_string", json!("")),
+        ("empty_list", json!([])),
+        ("empty_dict", json!({})),
+        (
+            "nested",
+            json!({"list": [1, 2.5, null, true, "s", [[]], {"deep": {"deeper": [false]}}],
+                   "dict": {"ключ": "значение", "n": 0}}),
+        ),
+    ]
+}
+
+/// A context with the keys an OpenStack service sends, and a few of other types.
+fn openstack_context() -> Context {
+    Context::new()
+        .with("user", "u-1")
+        .with("project_id", "p-1")
+        .with("request_id", "req-5e1c0f9a")
+        .with("global_request_id", Value::Null)
+        .with("roles", json!(["admin", "member"]))
+        .with("is_admin", true)
+        .with("auth_token", "gAAAA-not-a-real-token")
+        .with("quota", json!({"cores": 4, "ratio": 1.5}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Python RPC client calling tidings servers
+
+mod python_client_to_tidings_server {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_returns_every_json_type() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let server = tidings_server(&transport, "rs1", Arc::default()).await;
+        let values = every_json_type();
+        let ops: Vec<Value> = values
+            .iter()
+            .map(|(id, x)| json!({"id": id, "op": "call", "method": "echo", "args": {"x": x}}))
+            .collect();
+        let outcomes = python_client(&bus, Value::Array(ops)).await;
+        for (id, sent) in &values {
+            assert_eq!(outcomes.result(id), sent, "{id}");
+        }
+        server.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cast_is_handled_once() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let probe = Arc::new(Probe::default());
+        let server = tidings_server(&transport, "rs1", probe.clone()).await;
+        let ops: Vec<Value> = (0..3)
+            .map(|i| json!({"id": i.to_string(), "op": "cast", "method": "note", "args": {"text": "hi"}}))
+            .collect();
+        let outcomes = python_client(&bus, Value::Array(ops)).await;
+        for i in 0..3 {
+            assert_eq!(outcomes.result(&i.to_string()), &Value::Null);
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || probe
+                .casts
+                .load(Ordering::SeqCst)
+                == 3)
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            probe.casts.load(Ordering::SeqCst),
+            3,
+            "each cast handled once"
+        );
+        server.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fanout_cast_reaches_every_tidings_server() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let probes = [Arc::new(Probe::default()), Arc::new(Probe::default())];
+        let s1 = tidings_server(&transport, "rs1", probes[0].clone()).await;
+        let s2 = tidings_server(&transport, "rs2", probes[1].clone()).await;
+        let ops = json!([{"id": "fanout", "op": "cast", "fanout": true, "method": "note",
+                          "args": {"text": "to all"}}]);
+        python_client(&bus, ops).await.result("fanout");
+        for probe in &probes {
+            assert!(
+                eventually(Duration::from_secs(10), || probe
+                    .casts
+                    .load(Ordering::SeqCst)
+                    == 1)
+                .await
+            );
+        }
+        s1.stop(Duration::from_secs(5)).await;
+        s2.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_targeted_call_reaches_that_server() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let s1 = tidings_server(&transport, "rs1", Arc::default()).await;
+        let s2 = tidings_server(&transport, "rs2", Arc::default()).await;
+        let ops: Vec<Value> = ["rs2", "rs1", "rs2", "rs1", "rs2", "rs2"]
+            .iter()
+            .enumerate()
+            .map(|(i, server)| json!({"id": format!("{i}-{server}"), "op": "call", "method": "whoami", "server": server}))
+            .collect();
+        let outcomes = python_client(&bus, Value::Array(ops)).await;
+        assert_eq!(outcomes.0.len(), 6);
+        for (id, outcome) in &outcomes.0 {
+            let server = id.split_once('-').unwrap().1;
+            assert_eq!(outcome["result"], server, "{outcome}");
+        }
+        s1.stop(Duration::from_secs(5)).await;
+        s2.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_error_arrives_with_class_and_message() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let server = tidings_server(&transport, "rs1", Arc::default()).await;
+        let outcomes = python_client(
+            &bus,
+            json!([
+                {"id": "service_error", "op": "call", "method": "raise",
+                 "args": {"class": "QuotaExceeded", "message": "too many ☃"}},
+                {"id": "builtin_error", "op": "call", "method": "value_error"},
+            ]),
+        )
+        .await;
+        // A module the caller does not allow (`tests.module`): oslo_messaging.RemoteError.
+        let error = outcomes.error("service_error");
+        assert_eq!(error["class"], "RemoteError", "{error:#}");
+        assert_eq!(error["exc_type"], "QuotaExceeded", "{error:#}");
+        assert_eq!(error["value"], "too many ☃", "{error:#}");
+        // A builtin is re-raised as itself, its args rebuilt (the first one gains the traceback).
+        let error = outcomes.error("builtin_error");
+        assert_eq!(
+            (&error["class"], &error["module"]),
+            (&json!("ValueError"), &json!("builtins")),
+            "{error:#}"
+        );
+        assert!(
+            error["args"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("('bad value', 42)"),
+            "{error:#}"
+        );
+        assert_eq!(error["args"][1], 42, "{error:#}");
+        server.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatcher_errors_arrive_as_no_such_method_and_unsupported_version() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let server = tidings_server(&transport, "rs1", Arc::default()).await;
+        let dispatcher = ["oslo_messaging.rpc.dispatcher"];
+        let outcomes = python_client(
+            &bus,
+            json!([
+                {"id": "no_such_method", "op": "call", "method": "nope"},
+                {"id": "too_new", "op": "call", "method": "echo", "version": "1.4", "args": {"x": 1}},
+                {"id": "other_major", "op": "call", "method": "echo", "version": "2.0", "args": {"x": 1}},
+                {"id": "other_namespace", "op": "call", "method": "echo", "namespace": "other",
+                 "args": {"x": 1}},
+                {"id": "private", "op": "call", "method": "_secret"},
+                // A caller allowing the dispatcher's module rebuilds the real classes from
+                // the failure's args and kwargs.
+                {"id": "no_such_method_rebuilt", "op": "call", "method": "nope",
+                 "allowed_remote_exmods": dispatcher},
+                {"id": "too_new_rebuilt", "op": "call", "method": "echo", "version": "1.4",
+                 "args": {"x": 1}, "allowed_remote_exmods": dispatcher},
+            ]),
+        )
+        .await;
+        let expect = [
+            (
+                "no_such_method",
+                "NoSuchMethod",
+                "Endpoint does not support RPC method nope",
+            ),
+            (
+                "too_new",
+                "UnsupportedVersion",
+                "Endpoint does not support RPC version 1.4. Attempted method: echo",
+            ),
+            (
+                "other_major",
+                "UnsupportedVersion",
+                "Endpoint does not support RPC version 2.0. Attempted method: echo",
+            ),
+            (
+                "other_namespace",
+                "UnsupportedVersion",
+                "Endpoint does not support RPC version 1.0. Attempted method: echo",
+            ),
+            (
+                "private",
+                "NoSuchMethod",
+                "Endpoint does not support RPC method _secret",
+            ),
+        ];
+        for (id, class, message) in expect {
+            let error = outcomes.error(id);
+            assert_eq!(error["class"], "RemoteError", "{id}: {error:#}");
+            assert_eq!(
+                (error["exc_type"].as_str(), error["value"].as_str()),
+                (Some(class), Some(message)),
+                "{id}: {error:#}"
+            );
+        }
+        for (id, class, message) in [
+            (
+                "no_such_method_rebuilt",
+                "NoSuchMethod_Remote",
+                "Endpoint does not support RPC method nope",
+            ),
+            (
+                "too_new_rebuilt",
+                "UnsupportedVersion_Remote",
+                "Endpoint does not support RPC version 1.4. Attempted method: echo",
+            ),
+        ] {
+            let error = outcomes.error(id);
+            assert_eq!(error["class"], class, "{id}: {error:#}");
+            assert_eq!(
+                error["module"], "oslo_messaging.rpc.dispatcher_Remote",
+                "{id}: {error:#}"
+            );
+            assert!(
+                error["message"].as_str().unwrap().starts_with(message),
+                "{id}: {error:#}"
+            );
+        }
+        server.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn context_reaches_the_tidings_handler() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let server = tidings_server(&transport, "rs1", Arc::default()).await;
+        let ctx = openstack_context();
+        let outcomes = python_client(
+            &bus,
+            json!([
+                {"id": "context", "op": "call", "method": "context", "context": ctx},
+                {"id": "monitored", "op": "call", "method": "context", "context": ctx,
+                 "call_monitor_timeout": 4},
+            ]),
+        )
+        .await;
+        // Exactly the caller's keys: `_timeout`, `_msg_id`, `_reply_q` are not context.
+        assert_eq!(outcomes.result("context"), &json!(ctx));
+        assert_eq!(outcomes.result("monitored"), &json!(ctx));
+        server.stop(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_monitor_keepalives_carry_a_call_past_the_monitor_timeout() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let server = tidings_server(&transport, "rs1", Arc::default()).await;
+        let outcomes = python_client(
+            &bus,
+            json!([
+                {"id": "monitored", "op": "call", "method": "sleep", "args": {"secs": 3},
+                 "call_monitor_timeout": 2, "timeout": 10},
+                // Without a call monitor no keepalive may come: oslo's client crashes on one.
+                {"id": "unmonitored", "op": "call", "method": "sleep", "args": {"secs": 2.5},
+                 "timeout": 10},
+            ]),
+        )
+        .await;
+        assert_eq!(outcomes.result("monitored"), "slept");
+        assert!(outcomes.get("monitored")["elapsed"].as_f64().unwrap() >= 3.0);
+        assert_eq!(outcomes.result("unmonitored"), "slept");
+        server.stop(Duration::from_secs(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tidings RPC client calling Python servers
+
+mod tidings_client_to_python_server {
+    use super::*;
+
+    /// Polls the Python server `server`'s `seen` (the `note` casts it got) until it is `want`.
+    async fn wait_for_notes(client: &RpcClient, server: &str, want: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen: Vec<String> = client
+                .prepare()
+                .server(server)
+                .call(&Context::new(), "seen", json!({}))
+                .await
+                .unwrap();
+            if seen == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{server} saw {seen:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Flavor {
+        name: String,
+        vcpus: u32,
+        ratio: f64,
+        extra: Option<bool>,
+        tags: Vec<String>,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_returns_every_json_type() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        let ctx = Context::new();
+        for (id, sent) in every_json_type() {
+            let got: Value = client
+                .call(&ctx, "echo", json!({ "x": sent }))
+                .await
+                .unwrap();
+            assert_eq!(got, sent, "{id}");
+        }
+        // Typed results.
+        let int: i64 = client
+            .call(&ctx, "echo", json!({"x": -9_007_199_254_740_993_i64}))
+            .await
+            .unwrap();
+        assert_eq!(int, -9_007_199_254_740_993);
+        let text: String = client
+            .call(&ctx, "echo", json!({"x": "żółw"}))
+            .await
+            .unwrap();
+        assert_eq!(text, "żółw");
+        let nothing: Option<u8> = client.call(&ctx, "echo", json!({"x": null})).await.unwrap();
+        assert_eq!(nothing, None);
+        let flavor: Flavor = client
+            .call(
+                &ctx,
+                "echo",
+                json!({"x": {"name": "m1.tiny", "vcpus": 1, "ratio": 0.5, "extra": null, "tags": ["a"]}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            flavor,
+            Flavor {
+                name: "m1.tiny".into(),
+                vcpus: 1,
+                ratio: 0.5,
+                extra: None,
+                tags: vec!["a".into()]
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cast_is_handled_once() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        client
+            .cast(&Context::new(), "note", json!({"text": "hello"}))
+            .await
+            .unwrap();
+        wait_for_notes(&client, "py1", &["hello"]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for_notes(&client, "py1", &["hello"]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fanout_cast_reaches_every_python_server() {
+        let bus = Bus::amqp();
+        let _python = python_servers(&bus, ["py1", "py2"]).await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        client
+            .prepare()
+            .fanout(true)
+            .cast(&Context::new(), "note", json!({"text": "to all"}))
+            .await
+            .unwrap();
+        wait_for_notes(&client, "py1", &["to all"]).await;
+        wait_for_notes(&client, "py2", &["to all"]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_targeted_call_reaches_that_server() {
+        let bus = Bus::amqp();
+        let _python = python_servers(&bus, ["py1", "py2"]).await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        for server in ["py2", "py1", "py2", "py1", "py2", "py2"] {
+            let who: String = client
+                .prepare()
+                .server(server)
+                .call(&Context::new(), "whoami", json!({}))
+                .await
+                .unwrap();
+            assert_eq!(who, server);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_exceptions_arrive_as_remote_errors_with_class_and_module() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        let call = |kind: &'static str, message: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .call::<Value>(
+                        &Context::new(),
+                        "fail",
+                        json!({"kind": kind, "message": message}),
+                    )
+                    .await
+                    .unwrap_err()
+            }
+        };
+
+        // The service's own exception (a ValueError subclass in `__main__`, with kwargs).
+        let error = call("custom", "quota gone ☃").await;
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(
+            (remote.class.as_str(), remote.module.as_str()),
+            ("InteropError", "__main__")
+        );
+        assert_eq!(remote.message, "quota gone ☃");
+        assert_eq!(remote.args, vec![json!("quota gone ☃")]);
+        assert_eq!(
+            remote.kwargs,
+            Map::from_iter([("code".to_owned(), json!(409))])
+        );
+        assert!(
+            remote
+                .tb
+                .last()
+                .is_some_and(|line| line.contains("InteropError: quota gone")),
+            "{:?}",
+            remote.tb
+        );
+
+        // A builtin, as tidings' own `python_value_error` describes it.
+        let error = call("builtin", "bad value").await;
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(
+            remote.clone().with_traceback(Vec::new()),
+            python_value_error()
+        );
+        assert!(!remote.tb.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatcher_errors_arrive_as_no_such_method_and_unsupported_version() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        let ctx = Context::new();
+        let remote =
+            |error: tidings::rpc::RpcError| error.remote().cloned().expect("a remote error");
+
+        let got = remote(
+            client
+                .call::<Value>(&ctx, "nope", json!({}))
+                .await
+                .unwrap_err(),
+        );
+        let want = RemoteError::no_such_method("nope");
+        assert!(got.is_no_such_method(), "{got}");
+        assert_eq!((&got.message, &got.args), (&want.message, &want.args));
+
+        let got = remote(
+            client
+                .call::<Value>(&ctx, "_private", json!({}))
+                .await
+                .unwrap_err(),
+        );
+        assert!(got.is_no_such_method(), "{got}");
+
+        for (client, version) in [
+            (client.prepare().version(Version::new(1, 4)), "1.4"),
+            (client.prepare().version(Version::new(2, 0)), "2.0"),
+            (client.prepare().namespace("other"), "1.3"),
+        ] {
+            let got = remote(
+                client
+                    .call::<Value>(&ctx, "echo", json!({"x": 1}))
+                    .await
+                    .unwrap_err(),
+            );
+            let want = RemoteError::unsupported_version(version, "echo");
+            assert!(got.is_unsupported_version(), "{got}");
+            assert_eq!((&got.message, &got.args), (&want.message, &want.args));
+        }
+
+        // oslo 18.3.1 keeps sending keepalives after a dispatcher error when the caller set a
+        // call monitor (its watchdog is never told the dispatch ended): the stray keepalives
+        // must not disturb the next call on the same reply queue.
+        let monitored = client
+            .prepare()
+            .call_monitor_timeout(Duration::from_secs(2));
+        let got = remote(
+            monitored
+                .call::<Value>(&ctx, "nope", json!({}))
+                .await
+                .unwrap_err(),
+        );
+        assert!(got.is_no_such_method(), "{got}");
+        let slept: String = client
+            .call(&ctx, "sleep", json!({"secs": 2.5}))
+            .await
+            .unwrap();
+        assert_eq!(slept, "slept");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn context_reaches_the_python_endpoint() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let client = tidings_client(&transport);
+        let ctx = openstack_context();
+        // The endpoint gets the caller's keys plus `client_timeout`, from the call's `_timeout`.
+        let mut want = ctx.clone().into_map();
+        want.insert("client_timeout".into(), Value::Null);
+        let seen: Map<String, Value> = client.call(&ctx, "context", json!({})).await.unwrap();
+        assert_eq!(seen, want);
+        let seen: Map<String, Value> = client
+            .prepare()
+            .call_monitor_timeout(Duration::from_secs(4))
+            .call(&ctx, "context", json!({}))
+            .await
+            .unwrap();
+        want.insert("client_timeout".into(), json!(4));
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_monitor_keepalives_carry_a_call_past_the_monitor_timeout() {
+        let bus = Bus::amqp();
+        let _python = python_server(&bus, "py1").await;
+        let transport = bus.transport().await;
+        let started = tokio::time::Instant::now();
+        let slept: String = tidings_client(&transport)
+            .timeout(Duration::from_secs(10))
+            .call_monitor_timeout(Duration::from_secs(2))
+            .call(&Context::new(), "sleep", json!({"secs": 3}))
+            .await
+            .unwrap();
+        assert_eq!(slept, "slept");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python and tidings together
+
+mod mixed {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_topic_served_by_python_and_tidings_answers_both_clients() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        // Python declares the exchange and queues first; tidings' declarations must match
+        // its flags or the broker refuses them (PRECONDITION_FAILED). The other tests cover
+        // the other order.
+        let _python = python_server(&bus, "py1").await;
+        let rust_server = tidings_server(&transport, "rs1", Arc::default()).await;
+
+        let python_calls: Vec<Value> = (0..12)
+            .map(|i| json!({"id": i.to_string(), "op": "call", "method": "whoami"}))
+            .collect();
+        let tidings_calls = async {
+            let client = tidings_client(&transport);
+            let mut answers = Vec::new();
+            for _ in 0..12 {
+                let who: String = client
+                    .call(&Context::new(), "whoami", json!({}))
+                    .await
+                    .unwrap();
+                answers.push(who);
+            }
+            answers
+        };
+        let (python_outcomes, tidings_answers) = tokio::join!(
+            python_client(&bus, Value::Array(python_calls)),
+            tidings_calls
+        );
+
+        let mut answered_by = BTreeSet::new();
+        for i in 0..12 {
+            answered_by.insert(
+                python_outcomes
+                    .result(&i.to_string())
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        answered_by.extend(tidings_answers);
+        assert_eq!(
+            answered_by,
+            BTreeSet::from(["py1".to_owned(), "rs1".to_owned()]),
+            "every call answered, by both servers"
+        );
+        rust_server.stop(Duration::from_secs(5)).await;
+    }
+}
