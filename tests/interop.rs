@@ -1,4 +1,5 @@
-//! Live interop with the real oslo.messaging (18.3.1 from PyPI) over RabbitMQ: RPC both ways.
+//! Live interop with the real oslo.messaging (18.3.1 from PyPI) over RabbitMQ: RPC and
+//! notifications, both ways.
 //!
 //! The Python peers are the scripts in `tests/interop/`, run with the interpreter named by
 //! `TIDINGS_INTEROP_PYTHON` (`.ci/run` creates `.venv/interop` and sets it), else
@@ -7,7 +8,7 @@
 //!
 //! Each test has its own vhost ([`Bus::amqp`]). A Python process prints one JSON object per
 //! line; its guard ([`Python`]) kills it when dropped, so a failing test leaves nothing running.
-//! Notifications will add their own scripts and a module here, reusing [`Python`].
+//! Notifications have their own scripts (`notify_send.py`, `notify_listen.py`) and modules.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tidings::codec::NotificationFormat;
+use tidings::notify::{
+    IncomingNotification, NotificationEndpoint, NotificationListener, Notifier, Outcome, Priority,
+};
 use tidings::rpc::{Endpoint, RpcClient, RpcServer};
 use tidings::{Context, RemoteError, Target, Transport, Version};
 use tidings_suites::{eventually, test_endpoint, Bus, Probe};
@@ -71,12 +76,12 @@ fn python() -> &'static Path {
 }
 
 /// A running Python script. Dropping it kills the process (`kill_on_drop`); its stdin stays
-/// open while it lives, and the servers stop when it closes, so they end even if this test
-/// process is killed outright.
+/// open while it lives (or until [`close_stdin`](Self::close_stdin)), and the servers and
+/// listeners stop when it closes, so they end even if this test process is killed outright.
 struct Python {
     what: String,
     child: Child,
-    _stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
@@ -112,12 +117,17 @@ impl Python {
         });
         Self {
             what: format!("{script} {}", args.join(" ")),
-            _stdin: child.stdin.take().unwrap(),
+            stdin: child.stdin.take(),
             stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
             child,
             stderr,
             stderr_reader: Some(stderr_reader),
         }
+    }
+
+    /// Closes the process's stdin: a server or listener stops cleanly and exits.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// Waits (briefly) until the process's stderr is read to its end, so a failure report
@@ -910,5 +920,658 @@ mod mixed {
             "every call answered, by both servers"
         );
         rust_server.stop(Duration::from_secs(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications: shared pieces
+
+/// oslo's default notification topic.
+const NOTIFICATIONS: &str = "notifications";
+/// The metering service's exchange, and the topic its samples use in these tests.
+const CEILOMETER: &str = "ceilometer";
+const METERING: &str = "metering";
+
+type Seen = Arc<Mutex<Vec<IncomingNotification>>>;
+
+/// A tidings endpoint recording every notification of `priorities`.
+fn recorder(priorities: &[Priority]) -> (NotificationEndpoint, Seen) {
+    let seen: Seen = Arc::default();
+    let mut endpoint = NotificationEndpoint::new();
+    for priority in priorities {
+        let seen = seen.clone();
+        endpoint = endpoint.on(*priority, move |n: IncomingNotification| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(n);
+                Ok::<_, String>(Outcome::Handled)
+            }
+        });
+    }
+    (endpoint, seen)
+}
+
+fn seen(seen: &Seen) -> Vec<IncomingNotification> {
+    seen.lock().unwrap().clone()
+}
+
+/// oslo's `message_id`: a uuid4 with dashes.
+fn is_oslo_message_id(id: &str) -> bool {
+    id.len() == 36
+        && uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.get_version_num() == 4)
+        && id == id.to_ascii_lowercase()
+}
+
+/// oslo's `timestamp`: `str(utcnow())`, `YYYY-MM-DD HH:MM:SS` and `.ffffff` unless zero.
+fn is_oslo_timestamp(at: &str) -> bool {
+    let shape = |pattern: &str| {
+        at.len() == pattern.len()
+            && at.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+                b'd' => c.is_ascii_digit(),
+                _ => c == p,
+            })
+    };
+    shape("dddd-dd-dd dd:dd:dd.dddddd") || shape("dddd-dd-dd dd:dd:dd")
+}
+
+/// The metadata oslo hands an endpoint, checked for shape; returns the message id.
+fn check_metadata(metadata: &Value) -> String {
+    let id = metadata["message_id"].as_str().unwrap_or_default();
+    let at = metadata["timestamp"].as_str().unwrap_or_default();
+    assert!(is_oslo_message_id(id), "{metadata}");
+    assert!(is_oslo_timestamp(at), "{metadata}");
+    assert_eq!(metadata.as_object().map(Map::len), Some(2), "{metadata}");
+    id.to_owned()
+}
+
+/// What a Python service builds its notification context from
+/// (`oslo_context.context.RequestContext` keyword arguments).
+fn python_request_context() -> Value {
+    json!({"user_id": "u-1", "project_id": "p-1", "request_id": "req-interop-1",
+           "auth_token": "gAAAA-not-a-real-token", "roles": ["admin", "member"],
+           "is_admin": true, "domain_id": "домен-☃", "resource_uuid": "r-1",
+           "read_only": true})
+}
+
+/// Sends `ops` (see `tests/interop/notify_send.py`) with an oslo.messaging Notifier; returns
+/// the context oslo put on the wire for each, by op id.
+async fn python_notifier(bus: &Bus, ops: Vec<Value>) -> HashMap<String, Value> {
+    let count = ops.len();
+    let lines = Python::spawn(
+        "notify_send.py",
+        &[bus.url(), &Value::Array(ops).to_string()],
+    )
+    .finish()
+    .await;
+    let sent: HashMap<String, Value> = lines
+        .into_iter()
+        .map(|line| {
+            let id = line["id"].as_str().unwrap_or_default().to_owned();
+            (id, line["sent_context"].clone())
+        })
+        .collect();
+    assert_eq!(sent.len(), count, "one line per notification: {sent:#?}");
+    sent
+}
+
+/// An oslo.messaging notification listener (`tests/interop/notify_listen.py`) configured by
+/// `config`, ready: its queues exist.
+async fn python_listener(bus: &Bus, config: Value) -> Python {
+    let mut listener = Python::spawn("notify_listen.py", &[bus.url(), &config.to_string()]);
+    match listener.next_line().await {
+        Some(line) if line["event"] == "ready" => listener,
+        Some(line) => listener.fail(&format!("expected the ready line, got {line}")),
+        None => {
+            listener.drain_stderr().await;
+            listener.fail("exited before it was ready")
+        }
+    }
+}
+
+/// The next `count` lines of a Python listener.
+async fn listener_lines(listener: &mut Python, count: usize) -> Vec<Value> {
+    let mut lines = Vec::with_capacity(count);
+    while lines.len() < count {
+        match listener.next_line().await {
+            Some(line) => lines.push(line),
+            None => {
+                listener.drain_stderr().await;
+                listener.fail(&format!("exited after {} of {count} lines", lines.len()))
+            }
+        }
+    }
+    lines
+}
+
+/// Stops a Python listener (closing its stdin); returns the lines it printed meanwhile.
+async fn stop_listener(mut listener: Python) -> Vec<Value> {
+    listener.close_stdin();
+    listener.finish().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// An oslo.messaging Notifier publishing to tidings listeners
+
+mod python_notifier_to_tidings_listener {
+    use super::*;
+
+    /// One Python notification: `id` names it, `driver` is `messagingv2` or `messaging`.
+    fn op(driver: &str, id: &str, priority: &str, event_type: &str, payload: Value) -> Value {
+        json!({"id": format!("{driver}/{id}"), "driver": driver, "priority": priority,
+               "publisher_id": format!("py.{driver}"), "event_type": event_type,
+               "payload": payload, "context": {"request": python_request_context()}})
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_field_arrives_from_both_drivers_on_both_exchanges() {
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        let (info_sample, seen_info_sample) = recorder(&[Priority::Info, Priority::Sample]);
+        let (warn_error, seen_warn_error) = recorder(&[Priority::Warn, Priority::Error]);
+        let (error_only, seen_error) = recorder(&[Priority::Error]);
+        let targets = vec![
+            Target::topic(NOTIFICATIONS),
+            Target::topic(METERING).with_exchange(CEILOMETER),
+        ];
+        let listener = NotificationListener::builder(&transport, targets)
+            .endpoint(info_sample)
+            .endpoint(warn_error)
+            .endpoint(error_only)
+            .start()
+            .await
+            .unwrap();
+
+        let drivers = ["messagingv2", "messaging"];
+        let mut ops = Vec::new();
+        for driver in drivers {
+            for (name, value) in every_json_type() {
+                ops.push(op(driver, name, "info", &format!("payload.{name}"), value));
+            }
+            // audit, debug and critical: no endpoint handles them, so nothing consumes them.
+            for priority in [
+                "warn", "warning", "error", "sample", "audit", "debug", "critical",
+            ] {
+                let payload = json!({ "priority": priority });
+                let event_type = format!("priority.{priority}");
+                ops.push(op(driver, priority, priority, &event_type, payload));
+            }
+            // oslo replaces a plain dict context by {} (and would replace None the same way).
+            let mut dict = op(driver, "dict_context", "info", "context.dict", json!({}));
+            dict["context"] = json!({"dict": {"user": "u-1", "request_id": "req-dict"}});
+            ops.push(dict);
+            let mut none = op(driver, "no_context", "info", "context.none", json!(null));
+            none["context"] = Value::Null;
+            ops.push(none);
+            // The metering service's exchange.
+            let sample = json!([{"counter_name": "cpu", "counter_volume": 1.5,
+                                 "resource_id": "ресурс-1"}]);
+            let mut ceilometer = op(driver, "ceilometer", "sample", "ceilometer.sample", sample);
+            ceilometer["exchange"] = json!(CEILOMETER);
+            ceilometer["topics"] = json!([METERING]);
+            ops.push(ceilometer);
+        }
+        let sent = python_notifier(&bus, ops).await;
+
+        // Per driver: 15 payloads + 2 context cases + sample + ceilometer sample; warn twice
+        // (warn, warning) + error; error.
+        let want = |seen: &Seen, n: usize| seen.lock().unwrap().len() == n;
+        assert!(
+            eventually(Duration::from_secs(15), || want(&seen_info_sample, 38)
+                && want(&seen_warn_error, 6)
+                && want(&seen_error, 2))
+            .await,
+            "info/sample {}, warn/error {}, error {}",
+            seen(&seen_info_sample).len(),
+            seen(&seen_warn_error).len(),
+            seen(&seen_error).len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        listener.stop(Duration::from_secs(5)).await;
+
+        // Each endpoint got only its priorities.
+        let info_sample = seen(&seen_info_sample);
+        let warn_error = seen(&seen_warn_error);
+        let error_only = seen(&seen_error);
+        assert_eq!(
+            (info_sample.len(), warn_error.len(), error_only.len()),
+            (38, 6, 2)
+        );
+        let priorities = |seen: &[IncomingNotification]| -> BTreeSet<Priority> {
+            seen.iter().map(|n| n.priority).collect()
+        };
+        assert_eq!(
+            priorities(&info_sample),
+            BTreeSet::from([Priority::Info, Priority::Sample])
+        );
+        assert_eq!(
+            priorities(&warn_error),
+            BTreeSet::from([Priority::Warn, Priority::Error])
+        );
+        assert_eq!(priorities(&error_only), BTreeSet::from([Priority::Error]));
+
+        // By (publisher, event type): each notification once per endpoint.
+        let mut by_key: HashMap<(String, String), IncomingNotification> = HashMap::new();
+        for n in info_sample.iter().chain(&warn_error) {
+            let key = (n.publisher_id.clone(), n.event_type.clone());
+            let earlier = by_key.insert(key, n.clone());
+            assert!(earlier.is_none(), "delivered twice: {n:?}");
+        }
+        for n in &error_only {
+            let key = (n.publisher_id.clone(), n.event_type.clone());
+            assert_eq!(
+                by_key.get(&key),
+                Some(n),
+                "the same error reaches both endpoints"
+            );
+        }
+        let message_ids: BTreeSet<&str> = by_key
+            .values()
+            .map(|n| n.metadata.message_id.as_str())
+            .collect();
+        assert_eq!(message_ids.len(), by_key.len(), "message ids are unique");
+
+        for driver in drivers {
+            let publisher = format!("py.{driver}");
+            let get = |event_type: &str| {
+                by_key
+                    .get(&(publisher.clone(), event_type.to_owned()))
+                    .unwrap_or_else(|| panic!("{driver}: no {event_type}"))
+            };
+            // The context as oslo sent it (its RequestContext, redacted) ...
+            let sent_context = |id: &str| -> Context {
+                let sent = &sent[&format!("{driver}/{id}")];
+                serde_json::from_value(sent.clone()).unwrap()
+            };
+            for (name, value) in every_json_type() {
+                let n = get(&format!("payload.{name}"));
+                assert_eq!(n.payload, value, "{driver} {name}");
+                assert_eq!(n.priority, Priority::Info);
+                assert!(is_oslo_message_id(&n.metadata.message_id), "{n:?}");
+                assert!(is_oslo_timestamp(&n.metadata.timestamp), "{n:?}");
+                assert_eq!(n.context, sent_context(name), "{driver} {name}");
+            }
+            // ... has these keys: user_id travels as `user`, project_id as both `project` and
+            // `project_id`, domain_id as `domain`. The redacted copy keeps identity keys only:
+            // auth_token, resource_uuid and read_only are back to their defaults.
+            let ctx = &get("payload.int").context;
+            for (key, want) in [
+                ("user", json!("u-1")),
+                ("project_id", json!("p-1")),
+                ("project", json!("p-1")),
+                ("domain", json!("домен-☃")),
+                ("request_id", json!("req-interop-1")),
+                ("roles", json!(["admin", "member"])),
+                ("is_admin", json!(true)),
+                ("user_identity", json!("u-1 p-1 домен-☃ - -")),
+                ("resource_uuid", Value::Null),
+                ("read_only", json!(false)),
+                ("auth_token", Value::Null),
+                ("global_request_id", Value::Null),
+            ] {
+                assert_eq!(
+                    ctx.get(key),
+                    Some(&want),
+                    "{driver}: context key {key}: {ctx:?}"
+                );
+            }
+            assert!(!ctx.iter().any(|(_, v)| v == "gAAAA-not-a-real-token"));
+
+            assert!(get("context.dict").context.is_empty(), "{driver}");
+            assert!(get("context.none").context.is_empty(), "{driver}");
+            for (event_type, priority) in [
+                ("priority.warn", Priority::Warn),
+                ("priority.warning", Priority::Warn),
+                ("priority.error", Priority::Error),
+                ("priority.sample", Priority::Sample),
+            ] {
+                let n = get(event_type);
+                assert_eq!(n.priority, priority, "{driver} {event_type}");
+                assert_eq!(n.payload["priority"], event_type["priority.".len()..]);
+            }
+            let n = get("ceilometer.sample");
+            assert_eq!(n.priority, Priority::Sample);
+            assert_eq!(n.payload[0]["resource_id"], "ресурс-1");
+            assert_eq!(n.context, sent_context("ceilometer"));
+        }
+        for unhandled in ["audit", "debug", "critical"] {
+            assert!(
+                !by_key
+                    .keys()
+                    .any(|(_, e)| e == &format!("priority.{unhandled}")),
+                "{unhandled} reached an endpoint"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pools_each_get_every_notification_and_share_within_a_pool() {
+        let bus = Bus::amqp();
+        let mut listeners = Vec::new();
+        let mut seens = Vec::new();
+        for pool in ["alpha", "alpha", "beta"] {
+            let (endpoint, seen) = recorder(&[Priority::Info]);
+            // Each listener on its own connection, as separate processes would be.
+            let transport = bus.transport().await;
+            let listener =
+                NotificationListener::builder(&transport, vec![Target::topic(NOTIFICATIONS)])
+                    .endpoint(endpoint)
+                    .pool(pool)
+                    .start()
+                    .await
+                    .unwrap();
+            listeners.push(listener);
+            seens.push(seen);
+        }
+        let ops: Vec<Value> = (0..12)
+            .map(|i| {
+                let driver = if i % 2 == 0 {
+                    "messagingv2"
+                } else {
+                    "messaging"
+                };
+                op(
+                    driver,
+                    &i.to_string(),
+                    "info",
+                    &format!("pool.{i}"),
+                    json!({ "i": i }),
+                )
+            })
+            .collect();
+        python_notifier(&bus, ops).await;
+        let count = |i: usize| seens[i].lock().unwrap().len();
+        assert!(
+            eventually(Duration::from_secs(15), || count(0) + count(1) == 12
+                && count(2) == 12)
+            .await,
+            "alpha {} + {}, beta {}",
+            count(0),
+            count(1),
+            count(2)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for listener in listeners {
+            listener.stop(Duration::from_secs(5)).await;
+        }
+        let events = |i: usize| -> BTreeSet<String> {
+            seen(&seens[i]).into_iter().map(|n| n.event_type).collect()
+        };
+        let all: BTreeSet<String> = (0..12).map(|i| format!("pool.{i}")).collect();
+        assert_eq!(
+            (count(0) + count(1), count(2)),
+            (12, 12),
+            "each once per pool"
+        );
+        assert_eq!(events(2), all, "pool beta gets every notification");
+        let (alpha1, alpha2) = (events(0), events(1));
+        assert!(alpha1.is_disjoint(&alpha2), "{alpha1:?} {alpha2:?}");
+        assert_eq!(&alpha1 | &alpha2, all, "pool alpha shares them");
+        assert!(
+            !alpha1.is_empty() && !alpha2.is_empty(),
+            "both alpha listeners get some: {alpha1:?} {alpha2:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tidings Notifier publishing to oslo.messaging notification listeners
+
+mod tidings_notifier_to_python_listener {
+    use super::*;
+
+    /// The `event: notification` lines by (publisher, event type), each once.
+    fn by_key(lines: &[Value]) -> HashMap<(String, String), Value> {
+        let mut by_key = HashMap::new();
+        for line in lines {
+            assert_eq!(line["event"], "notification", "{line}");
+            let key = (
+                line["publisher_id"].as_str().unwrap().to_owned(),
+                line["event_type"].as_str().unwrap().to_owned(),
+            );
+            let earlier = by_key.insert(key, line.clone());
+            assert!(earlier.is_none(), "delivered twice: {line}");
+        }
+        by_key
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fields_and_context_arrive_in_both_formats_on_both_exchanges() {
+        let bus = Bus::amqp();
+        let listener = python_listener(
+            &bus,
+            json!({"targets": [{"topic": NOTIFICATIONS},
+                               {"topic": METERING, "exchange": CEILOMETER}],
+                   "priorities": ["info", "warn", "sample"]}),
+        )
+        .await;
+        let transport = bus.transport().await;
+        let ctx = openstack_context();
+        let formats = [
+            ("v2", NotificationFormat::V2),
+            ("v1", NotificationFormat::V1),
+        ];
+        for (name, format) in formats {
+            let notifier = Notifier::new(&transport, format!("rs.{name}")).format(format);
+            for (id, value) in every_json_type() {
+                notifier
+                    .info(&ctx, &format!("payload.{id}"), value)
+                    .await
+                    .unwrap();
+            }
+            notifier
+                .warn(&ctx, "priority.warn", json!({"p": "warn"}))
+                .await
+                .unwrap();
+            notifier
+                .sample(&ctx, "priority.sample", json!({"p": "sample"}))
+                .await
+                .unwrap();
+            // The Python endpoint has no error/debug method: it never subscribes to them.
+            notifier
+                .error(&ctx, "priority.error", json!({"p": "error"}))
+                .await
+                .unwrap();
+            notifier
+                .debug(&ctx, "priority.debug", json!({"p": "debug"}))
+                .await
+                .unwrap();
+            notifier
+                .info(&Context::new(), "context.empty", json!(null))
+                .await
+                .unwrap();
+            notifier
+                .prepare()
+                .exchange(CEILOMETER)
+                .topics([METERING])
+                .sample(
+                    &ctx,
+                    "ceilometer.sample",
+                    json!([{"counter_name": "cpu", "counter_volume": 1.5}]),
+                )
+                .await
+                .unwrap();
+        }
+        // Per format: 15 payloads, warn, sample, empty context, ceilometer sample.
+        let mut listener = listener;
+        let mut lines = listener_lines(&mut listener, 2 * 19).await;
+        lines.extend(stop_listener(listener).await);
+        let by_key = by_key(&lines);
+        assert_eq!(by_key.len(), 38, "nothing else arrives: {by_key:#?}");
+
+        // Python sees the context exactly as sent (tidings does not redact auth_token, unlike
+        // oslo's notifier), plus the `client_timeout` its AMQP driver adds.
+        let mut want_ctx = ctx.clone().into_map();
+        want_ctx.insert("client_timeout".into(), Value::Null);
+        let want_ctx = Value::Object(want_ctx);
+        let mut message_ids = BTreeSet::new();
+        for (name, _) in formats {
+            let publisher = format!("rs.{name}");
+            let get = |event_type: &str| {
+                by_key
+                    .get(&(publisher.clone(), event_type.to_owned()))
+                    .unwrap_or_else(|| panic!("{name}: no {event_type}"))
+            };
+            for (id, value) in every_json_type() {
+                let line = get(&format!("payload.{id}"));
+                assert_eq!(line["payload"], value, "{name} {id}");
+                assert_eq!(line["priority"], "info");
+                assert_eq!(line["ctxt"], want_ctx, "{name} {id}");
+                message_ids.insert(check_metadata(&line["metadata"]));
+            }
+            for priority in ["warn", "sample"] {
+                let line = get(&format!("priority.{priority}"));
+                assert_eq!(line["priority"], priority);
+                assert_eq!(line["payload"], json!({ "p": priority }));
+                assert_eq!(line["ctxt"], want_ctx);
+                message_ids.insert(check_metadata(&line["metadata"]));
+            }
+            let line = get("context.empty");
+            assert_eq!(line["ctxt"], json!({"client_timeout": null}));
+            assert_eq!(line["payload"], Value::Null);
+            let line = get("ceilometer.sample");
+            assert_eq!(line["priority"], "sample");
+            assert_eq!(line["payload"][0]["counter_volume"], 1.5);
+            assert_eq!(line["ctxt"], want_ctx);
+            message_ids.insert(check_metadata(&line["metadata"]));
+        }
+        assert_eq!(message_ids.len(), 2 * 18, "message ids are unique");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_listener_groups_notifications_by_batch_and_priority() {
+        const POOL: &str = "py-batch";
+        let bus = Bus::amqp();
+        let transport = bus.transport().await;
+        // oslo's batch window starts when it polls, not at the first message: to make the
+        // batches deterministic every notification waits in one queue before Python starts.
+        // A tidings listener in the same pool declares that queue (as Python's would: same
+        // name, flags and bindings) and leaves.
+        let (endpoint, _) = recorder(&[Priority::Info, Priority::Warn]);
+        NotificationListener::builder(&transport, vec![Target::topic(NOTIFICATIONS)])
+            .endpoint(endpoint)
+            .pool(POOL)
+            .start()
+            .await
+            .unwrap()
+            .stop(Duration::from_secs(5))
+            .await;
+        let priority_of = |i: usize| if i % 3 == 1 { "warn" } else { "info" };
+        let notifier = Notifier::new(&transport, "rs.batch");
+        let ctx = Context::new().with("request_id", "req-batch");
+        for i in 0..12 {
+            let priority = priority_of(i).parse().unwrap();
+            notifier
+                .notify(&ctx, priority, &format!("batch.{i}"), json!({ "i": i }))
+                .await
+                .unwrap();
+        }
+
+        // Batches of 5, 5, then 2 after the 2 s timeout; each split by priority, info first.
+        let mut want: Vec<(String, Vec<usize>)> = Vec::new();
+        for window in [0..5, 5..10, 10..12] {
+            for priority in ["info", "warn"] {
+                let members: Vec<usize> = window
+                    .clone()
+                    .filter(|i| priority_of(*i) == priority)
+                    .collect();
+                if !members.is_empty() {
+                    want.push((priority.to_owned(), members));
+                }
+            }
+        }
+        let mut listener = python_listener(
+            &bus,
+            json!({"targets": [{"topic": NOTIFICATIONS}], "priorities": ["info", "warn"],
+                   "pool": POOL, "batch": {"size": 5, "timeout": 2}}),
+        )
+        .await;
+        let mut lines = listener_lines(&mut listener, want.len()).await;
+        lines.extend(stop_listener(listener).await);
+
+        let mut got = Vec::new();
+        for line in &lines {
+            assert_eq!(line["event"], "batch", "{line}");
+            let mut members = Vec::new();
+            for message in line["messages"].as_array().unwrap() {
+                let keys: BTreeSet<&str> = message
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                assert_eq!(
+                    keys,
+                    BTreeSet::from(["ctxt", "publisher_id", "event_type", "payload", "metadata"])
+                );
+                let i = message["payload"]["i"].as_u64().unwrap() as usize;
+                assert_eq!(message["event_type"], format!("batch.{i}"));
+                assert_eq!(message["publisher_id"], "rs.batch");
+                assert_eq!(message["ctxt"]["request_id"], "req-batch");
+                check_metadata(&message["metadata"]);
+                members.push(i);
+            }
+            got.push((line["priority"].as_str().unwrap().to_owned(), members));
+        }
+        // Batches may be dispatched on different executor threads: compare regardless of order.
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requeued_notifications_come_back_and_are_handled() {
+        let bus = Bus::amqp();
+        let mut listener = python_listener(
+            &bus,
+            json!({"targets": [{"topic": NOTIFICATIONS}], "priorities": ["info"],
+                   "pool": "py-requeue", "allow_requeue": true, "requeue_first": true}),
+        )
+        .await;
+        let transport = bus.transport().await;
+        let ctx = Context::new().with("request_id", "req-requeue");
+        let notifier = Notifier::new(&transport, "rs.requeue");
+        for (i, format) in [
+            NotificationFormat::V2,
+            NotificationFormat::V1,
+            NotificationFormat::V2,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            notifier
+                .prepare()
+                .format(format)
+                .info(&ctx, &format!("requeue.{i}"), json!({ "i": i }))
+                .await
+                .unwrap();
+        }
+        let mut lines = listener_lines(&mut listener, 6).await;
+        lines.extend(stop_listener(listener).await);
+
+        // Per message: requeue, then (redelivered) handled; nothing more.
+        let mut results: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for line in &lines {
+            assert_eq!(line["event"], "notification", "{line}");
+            assert_eq!(line["ctxt"]["request_id"], "req-requeue", "{line}");
+            let id = check_metadata(&line["metadata"]);
+            results.entry(id).or_default().push((
+                line["event_type"].as_str().unwrap().to_owned(),
+                line["result"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let mut handled: Vec<&str> = Vec::new();
+        for outcomes in results.values() {
+            let event_type = &outcomes[0].0;
+            assert_eq!(
+                outcomes,
+                &vec![
+                    (event_type.clone(), "requeue".to_owned()),
+                    (event_type.clone(), "handled".to_owned()),
+                ]
+            );
+            handled.push(event_type);
+        }
+        handled.sort_unstable();
+        assert_eq!(handled, ["requeue.0", "requeue.1", "requeue.2"]);
     }
 }

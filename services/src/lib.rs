@@ -5,3 +5,5 @@
 
 pub mod cli;
 pub mod demo;
+pub mod metering;
+pub mod runtime;

@@ -5,9 +5,13 @@ warnings go to stderr, which the tests show when something fails.
 """
 
 import json
+import threading
 
 from oslo_config import cfg
 import oslo_messaging
+
+# Listener endpoints run on executor threads: one line at a time.
+_EMIT_LOCK = threading.Lock()
 
 
 def transport(url, allowed_remote_exmods=()):
@@ -20,9 +24,22 @@ def transport(url, allowed_remote_exmods=()):
         cfg.CONF, url=url, allowed_remote_exmods=list(allowed_remote_exmods))
 
 
+def notification_transport(url, exchange=None):
+    """A notification transport on the global cfg.CONF whose notifiers publish to `exchange`
+    (default: oslo's control exchange, `openstack`).
+
+    A Notifier has no exchange of its own: it uses the control exchange the transport read
+    when it was built, so each exchange needs its own transport.
+    """
+    oslo_messaging.set_transport_defaults(control_exchange=exchange or "openstack")
+    return oslo_messaging.get_notification_transport(cfg.CONF, url=url)
+
+
 def emit(**fields):
     """Prints one JSON line and flushes it at once, so the reader never waits on a buffer."""
-    print(json.dumps(fields, sort_keys=True, default=repr), flush=True)
+    line = json.dumps(fields, sort_keys=True, default=repr)
+    with _EMIT_LOCK:
+        print(line, flush=True)
 
 
 def describe(error):

@@ -6,11 +6,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tidings::rpc::{RpcClient, RpcServer};
 use tidings::{Context, Target, Transport};
+use tidings_compat::BlockingPool;
 
 use crate::demo;
 
 /// How long a stopping server waits for calls in flight.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Blocking threads of the in-process demo (it makes one blocking call).
+const DEMO_POOL_SIZE: usize = 4;
 
 /// Arguments of `tidings demo-server`.
 #[derive(Debug, clap::Args)]
@@ -39,8 +43,17 @@ pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
     };
     let mut target = Target::topic(&args.topic).with_server(&args.server);
     target.exchange = args.exchange;
+    // oslo's executor_thread_pool_size: 64 threads for the blocking method.
+    let pool = match BlockingPool::new(tidings_compat::DEFAULT_POOL_SIZE) {
+        Ok(pool) => pool,
+        Err(error) => {
+            eprintln!("error: cannot start the blocking pool: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match RpcServer::builder(&transport, target.clone())
-        .endpoint(demo::endpoint())
+        .max_concurrency(demo::max_concurrency(&pool))
+        .endpoint(demo::endpoint(&pool))
         .start()
         .await
     {
@@ -102,8 +115,10 @@ pub async fn run_demo() -> ExitCode {
 async fn demo_steps() -> Result<(), Box<dyn std::error::Error>> {
     let transport = Transport::connect("memory://demo").await?;
     let target = Target::topic("demo").with_server("demo-1");
+    let pool = BlockingPool::new(DEMO_POOL_SIZE)?;
     let server = RpcServer::builder(&transport, target.clone())
-        .endpoint(demo::endpoint())
+        .max_concurrency(demo::max_concurrency(&pool))
+        .endpoint(demo::endpoint(&pool))
         .start()
         .await?;
     println!(
@@ -147,6 +162,14 @@ async fn demo_steps() -> Result<(), Box<dyn std::error::Error>> {
 
     let done: Value = client.call(&ctx, "slow", json!({"secs": 0.2})).await?;
     println!("call slow(secs=0.2) -> {done}");
+
+    let done: Value = client
+        .call(&ctx, "blocking_sleep", json!({"secs": 0.2}))
+        .await?;
+    println!(
+        "call blocking_sleep(secs=0.2) -> {done} (a std::thread::sleep on one of {} blocking pool threads)",
+        pool.size()
+    );
 
     match client
         .prepare()

@@ -2,6 +2,7 @@
 //! operators' scripts use them.
 
 mod demo;
+mod meter;
 mod notify;
 mod rpc;
 
@@ -25,7 +26,8 @@ enum Command {
     /// Run the demo server and call each of its methods in one process on memory://, printing
     /// what happens.
     Demo,
-    /// Serve the demo methods (echo, add, fail, slow; version 1.3) on a topic until interrupted.
+    /// Serve the demo methods (echo, add, fail, slow, blocking_sleep; version 1.3) on a topic until
+    /// interrupted.
     DemoServer(demo::DemoServerArgs),
     /// Call METHOD and print its JSON result. Exit 1 on a remote error, 2 on a timeout.
     Call(rpc::RpcArgs),
@@ -33,6 +35,9 @@ enum Command {
     Cast(rpc::CastArgs),
     /// Publish one notification.
     Notify(notify::NotifyArgs),
+    /// Run the metering service: all-in-one, or one agent (polling, collector, evaluator,
+    /// notifier, api).
+    Meter(meter::MeterArgs),
     /// Print notifications as JSON lines (priority, publisher_id, event_type, payload, metadata,
     /// context); exit after --count.
     Listen(notify::ListenArgs),
@@ -78,5 +83,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Cast(args) => rpc::run_cast(args).await,
         Command::Notify(args) => notify::run_notify(args).await,
         Command::Listen(args) => notify::run_listen(args).await,
+        Command::Meter(args) => meter::run_meter(args).await,
     }
 }
