@@ -226,11 +226,16 @@ async fn print_progress(
         })
         .await?;
     let count = load.first().map_or(0, |s| s.count);
-    println!(
-        "samples: {} meters stored ({}); load.1 samples: {count}",
-        names.len(),
-        names.join(", ")
-    );
+    let highest = load.first().map_or(0.0, |s| s.max);
+    let meters_line = format!("meters stored: {}", names.join(", "));
+    let new_meters = printed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(meters_line.clone());
+    if new_meters {
+        println!("{meters_line}");
+    }
+    println!("samples: {count} load.1 samples stored (highest load {highest})");
     for alarm in store.alarms().await? {
         for change in store.history(&alarm.alarm_id).await? {
             let key = format!(

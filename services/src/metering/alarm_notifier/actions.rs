@@ -137,17 +137,8 @@ impl ActionRunner {
         let shown = redacted(&url);
         match url.scheme() {
             "log" => {
-                tracing::info!(
-                    alarm_id = %update.alarm_id,
-                    "Notifying alarm {} {} of {} priority from {} to {} with action {} because {}.",
-                    update.alarm_name,
-                    update.alarm_id,
-                    update.severity,
-                    update.previous,
-                    update.current,
-                    shown,
-                    update.reason,
-                );
+                let line = log_line(update, &shown);
+                tracing::info!(alarm_id = %update.alarm_id, "{line}");
                 self.counters.run.fetch_add(1, Ordering::Relaxed);
             }
             "http" | "https" => match self.post(url, update).await {
@@ -234,6 +225,20 @@ fn redacted(url: &Url) -> String {
     // Only fails for URLs that cannot have credentials, which this one has.
     let _ = shown.set_password(Some("***"));
     shown.to_string()
+}
+
+/// The line a `log://` action writes, worded as Aodh's log notifier words it.
+pub fn log_line(update: &AlarmUpdate, action: &str) -> String {
+    format!(
+        "Notifying alarm {} {} of {} priority from {} to {} with action {} because {}.",
+        update.alarm_name,
+        update.alarm_id,
+        update.severity,
+        update.previous,
+        update.current,
+        action,
+        update.reason,
+    )
 }
 
 #[cfg(test)]
