@@ -331,6 +331,12 @@ mod tests {
         assert_eq!(pool.in_use(), 1, "the job still runs and holds the thread");
         release.send(()).unwrap();
         pool.run(|| ()).await.unwrap();
+        // The pool thread gives the permit back just after it has sent the result, so the
+        // caller may see it a moment later.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pool.in_use() != 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert_eq!(pool.in_use(), 0);
     }
 }

@@ -273,7 +273,11 @@ pub async fn a_burst_never_runs_more_than_the_pool_and_waits_in_the_broker(bus: 
         "requests waiting for a thread hold server slots, and no more than the slots were taken \
          from the broker: peak {peak_in_server}"
     );
-    assert_eq!(pool.in_use(), 0);
+    // A thread gives its permit back just after sending its result: allow it a moment.
+    assert!(
+        tidings_suites::eventually(Duration::from_secs(5), || pool.in_use() == 0).await,
+        "every permit is returned"
+    );
     server.stop(Duration::from_secs(5)).await;
 }
 
