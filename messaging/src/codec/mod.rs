@@ -29,6 +29,7 @@ mod tests;
 
 pub use error::CodecError;
 pub use message::{CallInfo, Notification, RpcReply, RpcRequest};
+pub(crate) use wire::RequestParts;
 
 /// The content type of oslo JSON bodies.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -77,7 +78,15 @@ impl Codec {
 
     /// Encodes an RPC request (call or cast) in the 2.0 envelope.
     pub fn encode_request(&self, req: &RpcRequest) -> Result<Vec<u8>, CodecError> {
-        wire::check_request(req)?;
+        self.encode_request_parts(wire::RequestParts::from(req))
+    }
+
+    /// Encodes a request given by borrowed parts (what the RPC client sends from).
+    pub(crate) fn encode_request_parts(
+        &self,
+        req: wire::RequestParts<'_>,
+    ) -> Result<Vec<u8>, CodecError> {
+        wire::check_request(&req)?;
         let view = wire::RequestView(req);
         match self {
             Codec::OsloJson => oslo_json::encode_enveloped(&view),

@@ -117,9 +117,9 @@ fn check_context(context: &Context) -> Result<(), CodecError> {
 }
 
 /// Refuses a request that would carry a typed value.
-pub(crate) fn check_request(req: &RpcRequest) -> Result<(), CodecError> {
-    check_object(&req.args, "args")?;
-    check_context(&req.context)
+pub(crate) fn check_request(req: &RequestParts<'_>) -> Result<(), CodecError> {
+    check_object(req.args, "args")?;
+    check_context(req.context)
 }
 
 /// Refuses a reply that would carry a typed value.
@@ -155,33 +155,60 @@ fn serialize_context<M: SerializeMap>(map: &mut M, context: &Context) -> Result<
     Ok(())
 }
 
+/// A request to encode, borrowed field by field, so that a client can encode one from its
+/// own target and the caller's context without copying either into an [`RpcRequest`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestParts<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) args: &'a Map<String, Value>,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) version: Option<&'a str>,
+    pub(crate) call: Option<&'a CallInfo>,
+    pub(crate) unique_id: &'a str,
+    pub(crate) context: &'a Context,
+}
+
+impl<'a> From<&'a RpcRequest> for RequestParts<'a> {
+    fn from(r: &'a RpcRequest) -> Self {
+        Self {
+            method: &r.method,
+            args: &r.args,
+            namespace: r.namespace.as_deref(),
+            version: r.version.as_deref(),
+            call: r.call.as_ref(),
+            unique_id: &r.unique_id,
+            context: &r.context,
+        }
+    }
+}
+
 /// The inner message of a request.
-pub(crate) struct RequestView<'a>(pub(crate) &'a RpcRequest);
+pub(crate) struct RequestView<'a>(pub(crate) RequestParts<'a>);
 
 impl Serialize for RequestView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
+        let r = &self.0;
         let len = 3
             + usize::from(r.namespace.is_some())
             + usize::from(r.version.is_some())
             + if r.call.is_some() { 3 } else { 0 }
             + r.context.len();
         let mut map = serializer.serialize_map(Some(len))?;
-        map.serialize_entry("method", &r.method)?;
-        map.serialize_entry("args", &r.args)?;
+        map.serialize_entry("method", r.method)?;
+        map.serialize_entry("args", r.args)?;
         if let Some(namespace) = &r.namespace {
             map.serialize_entry("namespace", namespace)?;
         }
         if let Some(version) = &r.version {
             map.serialize_entry("version", version)?;
         }
-        if let Some(call) = &r.call {
+        if let Some(call) = r.call {
             map.serialize_entry("_msg_id", &call.msg_id)?;
             map.serialize_entry("_reply_q", &call.reply_q)?;
             map.serialize_entry("_timeout", &call.timeout)?;
         }
-        map.serialize_entry("_unique_id", &r.unique_id)?;
-        serialize_context(&mut map, &r.context)?;
+        map.serialize_entry("_unique_id", r.unique_id)?;
+        serialize_context(&mut map, r.context)?;
         map.end()
     }
 }

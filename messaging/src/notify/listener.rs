@@ -246,13 +246,29 @@ impl Dispatch {
 
     /// Runs the endpoints over messages of one priority; any requeue request (or failure) stops
     /// the chain, as in oslo.
+    ///
+    /// Each endpoint gets its own copy of the messages it accepts, except the last one that
+    /// handles the priority, which gets the batch itself: with one endpoint (the usual case)
+    /// nothing is copied.
     async fn outcome(&self, priority: Priority, batch: Vec<IncomingNotification>) -> Outcome {
-        for endpoint in &self.endpoints {
-            let accepted: Vec<IncomingNotification> = batch
-                .iter()
-                .filter(|n| endpoint.accepts(n))
-                .cloned()
-                .collect();
+        let last = self.endpoints.iter().rposition(|e| e.handles(priority));
+        let mut batch = Some(batch);
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let accepted: Vec<IncomingNotification> = if Some(i) == last {
+                batch
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| endpoint.accepts(n))
+                    .collect()
+            } else {
+                batch
+                    .iter()
+                    .flatten()
+                    .filter(|n| endpoint.accepts(n))
+                    .cloned()
+                    .collect()
+            };
             if accepted.is_empty() {
                 continue;
             }
@@ -275,11 +291,21 @@ impl Dispatch {
         }
         for (priority, group) in by_priority {
             let span = tracing::info_span!("notify.dispatch", %priority, messages = group.len());
-            let notifications = group.iter().map(|r| r.notification.clone()).collect();
+            // The notifications go to the handlers, the deliveries wait to be settled: moved
+            // apart, not copied.
+            let (notifications, deliveries): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .map(|r| (r.notification, r.delivery))
+                .unzip();
             let outcome = self.outcome(priority, notifications).instrument(span).await;
-            for r in group {
-                self.settle_one(r.delivery, outcome).await;
-            }
+            // Settled together, so that a driver that waits on each settlement (a requeue
+            // republishes and waits for its confirm) waits for all of them at once.
+            futures::future::join_all(
+                deliveries
+                    .into_iter()
+                    .map(|delivery| self.settle_one(delivery, outcome)),
+            )
+            .await;
         }
     }
 
@@ -357,8 +383,13 @@ impl ListenLoop {
         if !pending.is_empty() {
             self.spawn(pending).await;
         }
+        // Handlers settle their messages on the channels the inboxes hold open, so the inboxes
+        // close only after the drain: closed first, they took the channels with them and every
+        // in-flight acknowledgement failed, sending handled messages round again. What arrives
+        // meanwhile is never taken, and goes back to its queue when the inboxes close.
+        let report = self.drain().await;
         drop(deliveries);
-        self.drain().await
+        report
     }
 
     /// Hands a batch to a task once a slot is free.

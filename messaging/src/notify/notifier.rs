@@ -101,7 +101,7 @@ impl Notifier {
                 detail: error.to_string(),
             })?;
             let notification = Notification {
-                message_id: uuid::Uuid::new_v4().to_string(),
+                message_id: topology::new_uuid().to_string(),
                 publisher_id: self.publisher_id.clone(),
                 event_type: event_type.to_owned(),
                 priority: priority.as_wire().to_owned(),
@@ -210,7 +210,29 @@ impl Notifier {
 /// Python's `str(datetime.utcnow())`: `YYYY-MM-DD HH:MM:SS.ffffff`, without the fraction when
 /// the microseconds are zero.
 pub fn oslo_timestamp(at: chrono::NaiveDateTime) -> String {
-    use chrono::Timelike;
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    // Written directly: chrono's `format` interprets its pattern on every call, and every
+    // notification carries a timestamp. Years outside 0..=9999 and leap seconds keep chrono's
+    // own rendering.
+    if (0..=9999).contains(&at.year()) && at.nanosecond() < 1_000_000_000 {
+        let mut text = String::with_capacity(26);
+        let _ = write!(
+            text,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            at.year(),
+            at.month(),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+        let micros = at.nanosecond() / 1000;
+        if micros != 0 {
+            let _ = write!(text, ".{micros:06}");
+        }
+        return text;
+    }
     if at.nanosecond() / 1000 == 0 {
         at.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
@@ -232,5 +254,24 @@ mod tests {
             .and_then(|d| d.and_hms_opt(3, 4, 5))
             .unwrap();
         assert_eq!(oslo_timestamp(whole), "2026-01-02 03:04:05");
+    }
+
+    #[test]
+    fn timestamps_match_chronos_rendering() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 9).unwrap();
+        for (h, m, s, micro) in [
+            (0, 0, 0, 1),
+            (23, 59, 59, 999_999),
+            (7, 5, 3, 40),
+            (1, 2, 3, 0),
+        ] {
+            let at = day.and_hms_micro_opt(h, m, s, micro).unwrap();
+            let chrono_text = if micro == 0 {
+                at.format("%Y-%m-%d %H:%M:%S").to_string()
+            } else {
+                at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+            };
+            assert_eq!(oslo_timestamp(at), chrono_text);
+        }
     }
 }

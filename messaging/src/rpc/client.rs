@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::error::RpcError;
-use crate::codec::{CallInfo, RpcRequest};
+use crate::codec::{CallInfo, RequestParts};
 use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
 use crate::{Context, Target, Version};
 
@@ -282,17 +282,20 @@ impl RpcClient {
         }
         let args = keyword_arguments(method, args)?;
         let is_call = call.is_some();
-        let request = RpcRequest {
-            method: method.to_owned(),
-            args,
-            namespace: self.target.namespace.clone(),
-            version: self.target.version.map(|v| v.to_string()),
-            call,
-            unique_id: topology::new_id(),
-            context: context.clone(),
+        let version = self.target.version.map(|v| v.to_string());
+        let unique_id = topology::new_id();
+        // Encoded from borrowed parts: the context and target are not copied per request.
+        let request = RequestParts {
+            method,
+            args: &args,
+            namespace: self.target.namespace.as_deref(),
+            version: version.as_deref(),
+            call: call.as_ref(),
+            unique_id: &unique_id,
+            context,
         };
         let codec = self.transport.codec();
-        let body = codec.encode_request(&request)?;
+        let body = codec.encode_request_parts(request)?;
         let mut message = OutgoingMessage::new(Bytes::from(body), codec.content_type());
         message.mandatory = self.mandatory;
         if is_call {

@@ -23,8 +23,8 @@ use super::dispatcher::Dispatcher;
 use super::endpoint::Endpoint;
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use crate::transport::{
-    topology, ConsumeOptions, Delivery, Destination, Inbox, OutgoingMessage, Subscription,
-    Transport, TransportError,
+    ack_without_waiting, topology, ConsumeOptions, Delivery, Destination, Inbox, OutgoingMessage,
+    Subscription, Transport, TransportError,
 };
 use crate::{RemoteError, Target};
 
@@ -189,11 +189,11 @@ impl RpcServer {
     }
 }
 
-/// The last N `_unique_id`s seen.
+/// The last N `_unique_id`s seen. Each id is stored once, shared by the set and the order.
 #[derive(Debug)]
 struct RecentIds {
-    order: VecDeque<String>,
-    set: HashSet<String>,
+    order: VecDeque<Arc<str>>,
+    set: HashSet<Arc<str>>,
     capacity: usize,
 }
 
@@ -219,8 +219,9 @@ impl RecentIds {
                 self.set.remove(&old);
             }
         }
-        self.order.push_back(id.to_owned());
-        self.set.insert(id.to_owned());
+        let id: Arc<str> = Arc::from(id);
+        self.order.push_back(id.clone());
+        self.set.insert(id);
         true
     }
 }
@@ -257,7 +258,7 @@ impl ServerLoop {
                 break;
             };
             while self.in_flight.try_join_next().is_some() {}
-            if let Some((request, codec)) = self.take(delivery).await {
+            if let Some((request, codec)) = self.take(delivery) {
                 let dispatch = Dispatch {
                     transport: self.transport.clone(),
                     dispatcher: self.dispatcher.clone(),
@@ -273,11 +274,13 @@ impl ServerLoop {
     }
 
     /// Acknowledges (at most once), decodes and de-duplicates one delivery.
-    async fn take(&mut self, delivery: Delivery) -> Option<(RpcRequest, Codec)> {
+    ///
+    /// The acknowledgement is issued here, before dispatch, but not awaited: waiting for the
+    /// frame to be written only delayed every request by a round trip to the I/O loop, and its
+    /// outcome never changed what happens next (a request whose ack failed ran all the same).
+    fn take(&mut self, delivery: Delivery) -> Option<(RpcRequest, Codec)> {
         let (body, content_type, acker) = delivery.into_parts();
-        if let Err(error) = acker.ack().await {
-            tracing::warn!(%error, "could not acknowledge an RPC request");
-        }
+        ack_without_waiting(acker, "an RPC request");
         let decoded = Codec::from_content_type(&content_type)
             .and_then(|codec| codec.decode_request(&body).map(|r| (r, codec)));
         match decoded {

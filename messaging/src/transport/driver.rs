@@ -219,6 +219,32 @@ impl Delivery {
     }
 }
 
+/// Acknowledges without waiting for the outcome, for consumers whose next step does not depend
+/// on it (RPC requests, acknowledged as they are taken under oslo's at-most-once rule; replies).
+///
+/// The acknowledgement is polled once here, which hands it to the driver (the AMQP driver
+/// queues the `basic.ack` frame on its channel on that first poll); whatever is left — waiting
+/// for the frame to be written, and a warning if that fails — finishes in a background task.
+/// A failed ack means the channel is gone, and with it the delivery (the broker redelivers it),
+/// exactly as when the ack is awaited: awaiting it only adds a round trip to the I/O loop.
+pub(crate) fn ack_without_waiting(acker: Box<dyn Acknowledge>, what: &'static str) {
+    use futures::FutureExt;
+    let mut ack = acker.ack();
+    match (&mut ack).now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(error)) => tracing::warn!(%error, "could not acknowledge {what}"),
+        None => {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(error) = ack.await {
+                        tracing::warn!(%error, "could not acknowledge {what}");
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// A future run when an [`Inbox`] closes (deleting a fanout queue, cancelling consumers).
 pub type CloseHook = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 

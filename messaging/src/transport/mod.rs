@@ -19,6 +19,8 @@ pub use driver::{
 };
 pub use error::TransportError;
 
+pub(crate) use driver::ack_without_waiting;
+
 use crate::codec::Codec;
 use crate::rpc::reply::ReplyRouter;
 use crate::url::{Scheme, TransportUrl};

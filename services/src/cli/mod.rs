@@ -1,6 +1,7 @@
 //! Command-line interface of the `tidings` binary. Subcommand names and flags are a contract:
 //! operators' scripts use them.
 
+mod bench;
 mod demo;
 mod meter;
 mod notify;
@@ -41,6 +42,8 @@ enum Command {
     /// Print notifications as JSON lines (priority, publisher_id, event_type, payload, metadata,
     /// context); exit after --count.
     Listen(notify::ListenArgs),
+    /// Benchmark tidings against a bare-lapin baseline on a broker; print the table.
+    Bench(bench::BenchArgs),
 }
 
 /// Exit code of a command line that does not parse (EX_USAGE), kept apart from the timeout
@@ -84,5 +87,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Notify(args) => notify::run_notify(args).await,
         Command::Listen(args) => notify::run_listen(args).await,
         Command::Meter(args) => meter::run_meter(args).await,
+        Command::Bench(args) => bench::run_bench(args).await,
     }
 }

@@ -29,7 +29,7 @@ use tidings::{Target, Transport};
 use tokio::sync::watch;
 
 use super::store::Store;
-use ingest::{samples_of, Ingest};
+use ingest::{into_samples, Ingest};
 
 pub use ingest::CollectorReport;
 pub use manifold::{manifold, CollectorInputs};
@@ -112,9 +112,10 @@ impl Collector {
             async move {
                 let mut raw = Vec::new();
                 let mut unrecognised = 0;
-                for notification in &batch {
-                    match samples_of(&notification.payload) {
-                        Some(samples) => raw.extend_from_slice(samples),
+                for notification in batch {
+                    // The batch is ours: its samples are moved out, not copied.
+                    match into_samples(notification.payload) {
+                        Some(samples) => raw.extend(samples),
                         None => {
                             tracing::warn!(
                                 event_type = %notification.event_type,

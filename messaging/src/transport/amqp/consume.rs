@@ -8,13 +8,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::{SelectAll, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 
+use super::acks::AckBatcher;
 use super::declare::QueueSpec;
 use super::link::{Link, Session};
 use crate::transport::driver::{Acknowledge, Delivery};
@@ -26,6 +26,10 @@ pub(super) struct ConsumerSpec {
     pub(super) queues: Vec<QueueSpec>,
     pub(super) prefetch: u16,
     pub(super) resubscribe: bool,
+    /// Consume without acknowledgements (`no_ack`): the reply queue. A reply is of use to
+    /// nobody but the call waiting for it, so the broker may forget it once sent; acknowledging
+    /// each one cost a frame each way and a wake of the I/O loop per call.
+    pub(super) auto_ack: bool,
     /// Where requeued and dead-lettered messages are published from.
     pub(super) republisher: Arc<Republisher>,
 }
@@ -189,7 +193,10 @@ async fn consume_on(
                 .basic_consume(
                     queue.name.as_str().into(),
                     format!("tidings-{}", crate::transport::topology::new_id()).into(),
-                    BasicConsumeOptions::default(),
+                    BasicConsumeOptions {
+                        no_ack: spec.auto_ack,
+                        ..BasicConsumeOptions::default()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
@@ -205,10 +212,16 @@ async fn consume_on(
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
+    // Every delivery settles through this; acknowledgements are sent in batches by this task.
+    let acks = Arc::new(AckBatcher::new(channel.clone()));
     let ended = loop {
         let next = tokio::select! {
             next = consumers.next() => next,
             () = sender.closed() => break Ended::InboxClosed,
+            () = acks.wait_pending() => {
+                acks.flush();
+                continue;
+            }
         };
         let Some((queue, delivery)) = next else {
             break Ended::ConnectionLost;
@@ -228,8 +241,16 @@ async fn consume_on(
             .unwrap_or_default();
         let requeues = requeue_count(delivery.properties.headers().as_ref());
         let body = bytes::Bytes::from(delivery.data);
+        // Without acknowledgements there is nothing to settle: the broker already forgot it.
+        let settle = (!spec.auto_ack).then(|| {
+            acks.received(delivery.delivery_tag);
+            Settle {
+                acks: acks.clone(),
+                tag: delivery.delivery_tag,
+            }
+        });
         let acker = AmqpAcker {
-            acker: Some(delivery.acker),
+            settle,
             held: Held {
                 queue: queue.clone(),
                 body: body.clone(),
@@ -246,10 +267,21 @@ async fn consume_on(
             queue,
             Box::new(acker),
         );
-        if sender.send(ours).await.is_err() {
-            break Ended::InboxClosed;
+        // Waiting for room in the inbox, keep sending acknowledgements: the broker counts
+        // unsent ones against the prefetch.
+        let permit = loop {
+            tokio::select! {
+                permit = sender.reserve() => break permit,
+                () = acks.wait_pending() => acks.flush(),
+            }
+        };
+        match permit {
+            Ok(permit) => permit.send(ours),
+            Err(_) => break Ended::InboxClosed,
         }
     };
+    // From here on acknowledgements go straight to the channel (failing once it is closed).
+    acks.stop();
     if matches!(ended, Ended::InboxClosed) {
         close_quietly(&channel).await;
     }
@@ -284,25 +316,60 @@ fn requeue_count(headers: Option<&FieldTable>) -> u32 {
     u32::try_from(count.max(0)).unwrap_or(u32::MAX)
 }
 
+/// Where a delivery is settled: its channel's acknowledgements and its delivery tag.
+///
+/// Settling goes to the channel (through [`AckBatcher`]) rather than through `lapin::Acker`,
+/// which hands every acknowledgement to lapin's internal RPC task and spawns a task for it:
+/// two more hops per message. Channels are never reused across connections here (a consumer
+/// opens a new one after a reconnection), and a closed channel refuses to settle, so a
+/// delivery tag can never reach the wrong channel.
+#[derive(Debug)]
+struct Settle {
+    acks: Arc<AckBatcher>,
+    tag: u64,
+}
+
+impl Settle {
+    fn ack(self) -> Result<(), TransportError> {
+        self.acks.ack(self.tag)
+    }
+
+    async fn nack_requeue(self) -> Result<(), TransportError> {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let sent = self.acks.channel().basic_nack(self.tag, requeue).await;
+        // Only now may a batched acknowledgement cover this tag.
+        self.acks.settled(self.tag);
+        sent.map_err(settle_error)
+    }
+
+    async fn reject(self) -> Result<(), TransportError> {
+        let sent = self
+            .acks
+            .channel()
+            .basic_reject(self.tag, BasicRejectOptions { requeue: false })
+            .await;
+        self.acks.settled(self.tag);
+        sent.map_err(settle_error)
+    }
+}
+
 /// Settles an AMQP delivery. Dropped unsettled, it is returned to its queue.
 #[derive(Debug)]
 struct AmqpAcker {
-    acker: Option<lapin::Acker>,
+    settle: Option<Settle>,
     held: Held,
     republisher: Arc<Republisher>,
 }
 
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
-        if let Some(acker) = self.acker.take() {
+        if let Some(settle) = self.settle.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await;
+                    let _ = settle.nack_requeue().await;
                 });
             }
         }
@@ -316,18 +383,14 @@ fn settle_error(error: lapin::Error) -> TransportError {
 #[async_trait]
 impl Acknowledge for AmqpAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        match self.acker.take() {
-            Some(acker) => acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(settle_error),
+        match self.settle.take() {
+            Some(settle) => settle.ack(),
             None => Ok(()),
         }
     }
 
     async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
-        let Some(acker) = self.acker.take() else {
+        let Some(settle) = self.settle.take() else {
             return Ok(());
         };
         let count = self.held.requeues.saturating_add(1);
@@ -336,28 +399,17 @@ impl Acknowledge for AmqpAcker {
             .publish(&self.held.queue, &self.held, count, false)
             .await
         {
-            Ok(()) => acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(settle_error),
+            Ok(()) => settle.ack(),
             Err(error) => {
                 // Could not republish: let the broker requeue it (uncounted) rather than lose it.
                 tracing::warn!(%error, "requeue by republish failed; returning the message to the broker");
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(settle_error)
+                settle.nack_requeue().await
             }
         }
     }
 
     async fn dead_letter(mut self: Box<Self>) -> Result<(), TransportError> {
-        let Some(acker) = self.acker.take() else {
+        let Some(settle) = self.settle.take() else {
             return Ok(());
         };
         let queue = crate::transport::dead_letter_queue(&self.held.queue);
@@ -366,31 +418,17 @@ impl Acknowledge for AmqpAcker {
             .publish(&queue, &self.held, self.held.requeues, true)
             .await
         {
-            Ok(()) => acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(settle_error),
+            Ok(()) => settle.ack(),
             Err(error) => {
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .map_err(settle_error)?;
+                settle.nack_requeue().await?;
                 Err(error)
             }
         }
     }
 
     async fn reject(mut self: Box<Self>) -> Result<(), TransportError> {
-        match self.acker.take() {
-            Some(acker) => acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(drop)
-                .map_err(settle_error),
+        match self.settle.take() {
+            Some(settle) => settle.reject().await,
             None => Ok(()),
         }
     }

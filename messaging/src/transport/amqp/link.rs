@@ -6,6 +6,7 @@
 //! new connection is a new session with a higher generation number, so consumers can tell
 //! "the connection I set up on is gone" from "nothing changed".
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +26,30 @@ use crate::url::{Scheme, TransportUrl};
 pub(super) struct Session {
     pub(super) generation: u64,
     pub(super) connection: Connection,
-    publisher: Mutex<Option<Channel>>,
+    /// The publishing channel. Every publish takes it, so the lock is a plain one held only to
+    /// clone an `Arc` (it was an async lock held across the check, where concurrent publishes
+    /// queued); opening a new channel is serialised by `opening` instead.
+    publisher: std::sync::Mutex<Option<Arc<Channel>>>,
+    opening: Mutex<()>,
     /// Exchanges and queues declared on the current publishing channel.
-    pub(super) declared: std::sync::Mutex<std::collections::HashSet<String>>,
+    declared: std::sync::Mutex<Declared>,
     dead: AtomicBool,
     died: Notify,
+}
+
+/// What has been declared on a publishing channel, by name, so that a publish checks with a
+/// lookup and no allocation.
+#[derive(Debug, Default)]
+struct Declared {
+    exchanges: HashSet<String>,
+    queues: HashSet<String>,
+}
+
+/// Which kind of name [`Session::is_declared`] looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Declaration {
+    Exchange,
+    Queue,
 }
 
 impl std::fmt::Debug for Session {
@@ -62,21 +82,60 @@ impl Session {
     }
 
     /// The publishing channel (publisher confirms on), opened again if it closed.
-    pub(super) async fn publisher(&self) -> Result<Channel, lapin::Error> {
-        let mut slot = self.publisher.lock().await;
-        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
+    pub(super) async fn publisher(&self) -> Result<Arc<Channel>, lapin::Error> {
+        if let Some(channel) = self.open_publisher() {
+            return Ok(channel);
+        }
+        let _opening = self.opening.lock().await;
+        // Another publish may have opened it while this one waited.
+        if let Some(channel) = self.open_publisher() {
+            return Ok(channel);
         }
         let channel = self.connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.declared
+        {
+            let mut declared = self.declared();
+            declared.exchanges.clear();
+            declared.queues.clear();
+        }
+        let channel = Arc::new(channel);
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// The publishing channel if it is open.
+    fn open_publisher(&self) -> Option<Arc<Channel>> {
+        self.publisher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        *slot = Some(channel.clone());
-        Ok(channel)
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    fn declared(&self) -> std::sync::MutexGuard<'_, Declared> {
+        // Consistent under panic: each operation is a single insert or lookup.
+        self.declared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `name` was declared on the current publishing channel.
+    pub(super) fn is_declared(&self, kind: Declaration, name: &str) -> bool {
+        let declared = self.declared();
+        match kind {
+            Declaration::Exchange => declared.exchanges.contains(name),
+            Declaration::Queue => declared.queues.contains(name),
+        }
+    }
+
+    /// Records that `name` is declared on the current publishing channel.
+    pub(super) fn mark_declared(&self, kind: Declaration, name: &str) {
+        let mut declared = self.declared();
+        match kind {
+            Declaration::Exchange => declared.exchanges.insert(name.to_owned()),
+            Declaration::Queue => declared.queues.insert(name.to_owned()),
+        };
     }
 }
 
@@ -212,7 +271,8 @@ impl Keeper {
         let session = Arc::new(Session {
             generation: self.generation,
             connection,
-            publisher: Mutex::new(None),
+            publisher: std::sync::Mutex::new(None),
+            opening: Mutex::new(()),
             declared: Default::default(),
             dead: AtomicBool::new(false),
             died: Notify::new(),

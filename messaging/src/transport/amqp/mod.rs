@@ -6,11 +6,13 @@
 //! reconnects on its own; consumers re-declare and consume again on the new connection, and a
 //! publish that meets a lost connection waits (bounded) for the next one and tries again.
 
+mod acks;
 mod consume;
 mod declare;
 mod link;
 mod options;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +25,7 @@ pub use options::AmqpOptions;
 
 use self::consume::ConsumerSpec;
 use self::declare::{ExchangeSpec, QueueSpec};
-use self::link::{Link, Session};
+use self::link::{Declaration, Link, Session};
 use super::driver::{
     CloseHook, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage, Subscription,
 };
@@ -111,36 +113,14 @@ impl AmqpDriver {
             }
         };
         let channel = session.publisher().await.map_err(lost)?;
-        let (exchange, queue) = self.topology_for(destination);
-        let declare_key = match (&exchange, &queue) {
-            (_, Some(queue)) => Some(format!("queue:{}", queue.name)),
-            (Some(exchange), None) => Some(format!("exchange:{}", exchange.name)),
-            (None, None) => None,
-        };
-        if let Some(key) = declare_key {
-            let known = session
-                .declared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&key);
-            if !known {
-                match (&exchange, &queue) {
-                    (_, Some(queue)) => queue.declare(&channel).await.map_err(lost)?,
-                    (Some(exchange), None) => exchange.declare(&channel).await.map_err(lost)?,
-                    (None, None) => {}
-                }
-                session
-                    .declared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key);
-            }
-        }
         let (exchange_name, routing_key) = route(destination);
+        self.declare_once(session, &channel, destination, &exchange_name, &routing_key)
+            .await
+            .map_err(lost)?;
         let confirm = channel
             .basic_publish(
-                exchange_name.as_str().into(),
-                routing_key.as_str().into(),
+                exchange_name.as_ref().into(),
+                routing_key.as_ref().into(),
                 BasicPublishOptions {
                     mandatory: message.mandatory,
                     ..BasicPublishOptions::default()
@@ -165,17 +145,50 @@ impl AmqpDriver {
         Ok(())
     }
 
+    /// Declares what `destination` needs (its exchange; for a notification, its queue too),
+    /// once per publishing channel. The check is a lookup by the name being published to, so a
+    /// publish allocates nothing for it once the declaration is known.
+    async fn declare_once(
+        &self,
+        session: &Session,
+        channel: &lapin::Channel,
+        destination: &Destination,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), lapin::Error> {
+        let (kind, name) = match destination {
+            Destination::Reply { .. } => return Ok(()),
+            // The notification queue is named after its routing key, `<topic>.<priority>`.
+            Destination::Notification { .. } => (Declaration::Queue, routing_key),
+            Destination::Rpc { .. } | Destination::Fanout { .. } => {
+                (Declaration::Exchange, exchange)
+            }
+        };
+        if session.is_declared(kind, name) {
+            return Ok(());
+        }
+        match self.topology_for(destination) {
+            (_, Some(queue)) => queue.declare(channel).await?,
+            (Some(exchange), None) => exchange.declare(channel).await?,
+            (None, None) => {}
+        }
+        session.mark_declared(kind, name);
+        Ok(())
+    }
+
     async fn consume(
         &self,
         queues: Vec<QueueSpec>,
         prefetch: u16,
         resubscribe: bool,
+        auto_ack: bool,
     ) -> Result<mpsc::Receiver<Delivery>, TransportError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let spec = ConsumerSpec {
             queues,
             prefetch,
             resubscribe,
+            auto_ack,
             republisher: self.republisher.clone(),
         };
         consume::start(
@@ -210,22 +223,26 @@ impl AmqpDriver {
     }
 }
 
-/// The exchange and routing key of a destination, as oslo routes them.
-fn route(destination: &Destination) -> (String, String) {
+/// The exchange and routing key of a destination, as oslo routes them; borrowed from the
+/// destination where it holds them.
+fn route(destination: &Destination) -> (Cow<'_, str>, Cow<'_, str>) {
     match destination {
         Destination::Rpc {
             exchange,
             routing_key,
-        } => (exchange.clone(), routing_key.clone()),
-        Destination::Fanout { topic } => (topology::fanout_exchange(topic), String::new()),
-        Destination::Reply { queue } => (String::new(), queue.clone()),
+        } => (Cow::Borrowed(exchange), Cow::Borrowed(routing_key)),
+        Destination::Fanout { topic } => (
+            Cow::Owned(topology::fanout_exchange(topic)),
+            Cow::Borrowed(""),
+        ),
+        Destination::Reply { queue } => (Cow::Borrowed(""), Cow::Borrowed(queue)),
         Destination::Notification {
             exchange,
             topic,
             priority,
         } => (
-            exchange.clone(),
-            topology::notification_queue(topic, priority),
+            Cow::Borrowed(exchange),
+            Cow::Owned(topology::notification_queue(topic, priority)),
         ),
     }
 }
@@ -251,6 +268,17 @@ impl Driver for AmqpDriver {
         destination: &Destination,
         message: OutgoingMessage,
     ) -> Result<(), TransportError> {
+        // The common case first: a live connection, no waiting machinery (timer, watch).
+        if let Some(session) = self.send.current() {
+            match self.publish_once(&session, destination, &message).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Fail(error)) => return Err(error),
+                Err(Attempt::Retry(error)) => {
+                    session.mark_dead();
+                    tracing::debug!(%error, %destination, "publish met a lost connection; retrying on the next");
+                }
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.options.publish_recovery_timeout;
         loop {
             let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -288,7 +316,7 @@ impl Driver for AmqpDriver {
                     QueueSpec::topic(&server_queue, &self.options).bound(exchange, &server_queue),
                     QueueSpec::fanout(&fanout_queue, topic, &self.options),
                 ];
-                let receiver = self.consume(queues, options.prefetch, true).await?;
+                let receiver = self.consume(queues, options.prefetch, true, false).await?;
                 Ok(Inbox::new(
                     receiver,
                     Some(self.delete_on_close(fanout_queue)),
@@ -296,7 +324,7 @@ impl Driver for AmqpDriver {
             }
             Subscription::Queue { name } => {
                 let queues = vec![QueueSpec::topic(name, &self.options)];
-                let receiver = self.consume(queues, options.prefetch, true).await?;
+                let receiver = self.consume(queues, options.prefetch, true, false).await?;
                 Ok(Inbox::new(receiver, None))
             }
             Subscription::Notifications {
@@ -320,7 +348,7 @@ impl Driver for AmqpDriver {
                         }
                     }
                 }
-                let receiver = self.consume(queues, options.prefetch, true).await?;
+                let receiver = self.consume(queues, options.prefetch, true, false).await?;
                 Ok(Inbox::new(receiver, None))
             }
         }
@@ -330,7 +358,7 @@ impl Driver for AmqpDriver {
         let name = topology::reply_queue();
         let queues = vec![QueueSpec::reply(&name, &self.options)];
         let receiver = self
-            .consume(queues, ConsumeOptions::default().prefetch, false)
+            .consume(queues, ConsumeOptions::default().prefetch, false, true)
             .await?;
         Ok((name, Inbox::new(receiver, None)))
     }

@@ -140,14 +140,15 @@ impl Ingest {
 }
 
 /// The samples a notification carries: a list payload (the `notifier://` publisher's
-/// `metering` event) or `{"samples": [...]}` (the polling agent's `telemetry.polling`).
-pub(crate) fn samples_of(payload: &Value) -> Option<&[Value]> {
+/// `metering` event) or `{"samples": [...]}` (the polling agent's `telemetry.polling`). Taken
+/// out of the payload, which the batch owns, rather than copied.
+pub(crate) fn into_samples(payload: Value) -> Option<Vec<Value>> {
     match payload {
         Value::Array(samples) => Some(samples),
-        Value::Object(map) => map
-            .get("samples")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice),
+        Value::Object(mut map) => match map.remove("samples") {
+            Some(Value::Array(samples)) => Some(samples),
+            _ => None,
+        },
         _ => None,
     }
 }
