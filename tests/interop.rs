@@ -1575,3 +1575,38 @@ mod tidings_notifier_to_python_listener {
         assert_eq!(handled, ["requeue.0", "requeue.1", "requeue.2"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The oslo.messaging timing script of docs/benchmarks.md
+
+/// `tests/interop/oslo_bench.py` runs its three scenarios against the local broker and writes
+/// positive figures for each (no speed threshold: this only keeps the script working).
+#[test]
+fn oslo_bench_script_times_call_and_cast() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/oslo_bench.py");
+    let json_path = std::env::temp_dir().join(format!(
+        "tidings-oslo-bench-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let output = std::process::Command::new(python())
+        .arg(&script)
+        .args(["--duration", "0.3", "--json"])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let _ = std::fs::remove_file(&json_path);
+    for scenario in ["call-1/json", "call-64/json", "cast/json"] {
+        let figure = figures[scenario]["oslo"].as_f64().unwrap_or(0.0);
+        assert!(figure.is_finite() && figure > 0.0, "{scenario}: {figures}");
+        assert!(stdout.contains(scenario), "{stdout}");
+    }
+}

@@ -200,27 +200,38 @@ impl RpcClient {
             reply_q: router.queue().to_owned(),
             timeout: self.call_monitor_timeout.and_then(seconds_number),
         };
-        tokio::time::timeout_at(deadline, self.publish(context, method, args, Some(call)))
-            .await
-            .map_err(|_| timed_out())??;
+        // The reply can arrive before the publisher confirm (it proves the request was
+        // routed): wait for whichever comes first, not for one and then the other.
+        let publish =
+            tokio::time::timeout_at(deadline, self.publish(context, method, args, Some(call)));
+        let mut early = None;
+        tokio::select! {
+            biased;
+            published = publish => published.map_err(|_| timed_out())??,
+            reply = waiter.next() => early = Some(reply),
+        }
 
         let mut monitor_deadline = self
             .call_monitor_timeout
             .map(|t| tokio::time::Instant::now() + t);
         loop {
             let wake_at = monitor_deadline.map_or(deadline, |m| m.min(deadline));
-            let reply = tokio::select! {
-                reply = waiter.next() => reply,
-                () = tokio::time::sleep_until(wake_at) => {
-                    return Err(if wake_at < deadline {
-                        RpcError::MonitorTimeout {
-                            target: self.target.clone(),
-                            method: method.to_owned(),
-                            after: self.call_monitor_timeout.unwrap_or_default(),
-                        }
-                    } else {
-                        timed_out()
-                    });
+            let reply = if let Some(reply) = early.take() {
+                reply
+            } else {
+                tokio::select! {
+                    reply = waiter.next() => reply,
+                    () = tokio::time::sleep_until(wake_at) => {
+                        return Err(if wake_at < deadline {
+                            RpcError::MonitorTimeout {
+                                target: self.target.clone(),
+                                method: method.to_owned(),
+                                after: self.call_monitor_timeout.unwrap_or_default(),
+                            }
+                        } else {
+                            timed_out()
+                        });
+                    }
                 }
             };
             let Some(reply) = reply else {

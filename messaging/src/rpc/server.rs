@@ -23,7 +23,7 @@ use super::dispatcher::Dispatcher;
 use super::endpoint::Endpoint;
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use crate::transport::{
-    ack_without_waiting, topology, ConsumeOptions, Delivery, Destination, Inbox, OutgoingMessage,
+    ack_without_waiting, topology, ConsumeOptions, Destination, Inbox, OutgoingMessage,
     Subscription, Transport, TransportError,
 };
 use crate::{RemoteError, Target};
@@ -109,10 +109,10 @@ impl RpcServerBuilder {
         let stop = CancellationToken::new();
         let worker = ServerLoop {
             transport: self.transport,
-            target: self.target.clone(),
+            target: Arc::new(self.target.clone()),
             dispatcher: Arc::new(Dispatcher::new(self.endpoints)),
             slots: Arc::new(Semaphore::new(self.max_concurrency)),
-            seen: RecentIds::new(self.dedup_window),
+            seen: Arc::new(Mutex::new(RecentIds::new(self.dedup_window))),
             replies: Arc::new(ReplyPolicy {
                 retry_for: self.reply_retry,
                 obsolete: Mutex::default(),
@@ -228,15 +228,47 @@ impl RecentIds {
 
 struct ServerLoop {
     transport: Transport,
-    target: Target,
+    target: Arc<Target>,
     dispatcher: Arc<Dispatcher>,
     slots: Arc<Semaphore>,
-    seen: RecentIds,
+    seen: Arc<Mutex<RecentIds>>,
     replies: Arc<ReplyPolicy>,
     in_flight: JoinSet<()>,
     stop: CancellationToken,
     /// Cancelled by the loop when in-flight work is done, or by `stop` to cut the drain short.
     drained: CancellationToken,
+}
+
+/// A request taken from the inbox (and acknowledged), not decoded yet.
+struct Taken {
+    body: Bytes,
+    content_type: String,
+    target: Arc<Target>,
+    seen: Arc<Mutex<RecentIds>>,
+}
+
+impl Taken {
+    /// Decodes the request and drops it if its `_unique_id` was seen within the window.
+    fn decode(self) -> Option<(RpcRequest, Codec)> {
+        let decoded = Codec::from_content_type(&self.content_type)
+            .and_then(|codec| codec.decode_request(&self.body).map(|r| (r, codec)));
+        match decoded {
+            Ok((request, codec)) => {
+                // The window stays consistent under panic: each call is one insert or lookup.
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.first_time(&request.unique_id) {
+                    Some((request, codec))
+                } else {
+                    tracing::debug!(unique_id = %request.unique_id, "dropped a duplicate request");
+                    None
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, target = %self.target, bytes = self.body.len(), "dropped a malformed RPC request");
+                None
+            }
+        }
+    }
 }
 
 impl ServerLoop {
@@ -258,45 +290,36 @@ impl ServerLoop {
                 break;
             };
             while self.in_flight.try_join_next().is_some() {}
-            if let Some((request, codec)) = self.take(delivery) {
-                let dispatch = Dispatch {
-                    transport: self.transport.clone(),
-                    dispatcher: self.dispatcher.clone(),
-                    replies: self.replies.clone(),
-                    codec,
-                };
-                self.in_flight.spawn(dispatch.run(request, slot));
-            }
+            // Acknowledged here, in arrival order (oslo's at-most-once rule); decoded in the
+            // dispatch task, so that decoding runs on every worker thread, not on this loop's.
+            let (body, content_type, acker) = delivery.into_parts();
+            ack_without_waiting(acker, "an RPC request");
+            let taken = Taken {
+                body,
+                content_type,
+                target: self.target.clone(),
+                seen: self.seen.clone(),
+            };
+            let (transport, dispatcher, replies) = (
+                self.transport.clone(),
+                self.dispatcher.clone(),
+                self.replies.clone(),
+            );
+            self.in_flight.spawn(async move {
+                if let Some((request, codec)) = taken.decode() {
+                    let dispatch = Dispatch {
+                        transport,
+                        dispatcher,
+                        replies,
+                        codec,
+                    };
+                    dispatch.run(request, slot).await;
+                }
+            });
         }
         self.stop.cancel();
         inbox.close().await;
         self.drain().await
-    }
-
-    /// Acknowledges (at most once), decodes and de-duplicates one delivery.
-    ///
-    /// The acknowledgement is issued here, before dispatch, but not awaited: waiting for the
-    /// frame to be written only delayed every request by a round trip to the I/O loop, and its
-    /// outcome never changed what happens next (a request whose ack failed ran all the same).
-    fn take(&mut self, delivery: Delivery) -> Option<(RpcRequest, Codec)> {
-        let (body, content_type, acker) = delivery.into_parts();
-        ack_without_waiting(acker, "an RPC request");
-        let decoded = Codec::from_content_type(&content_type)
-            .and_then(|codec| codec.decode_request(&body).map(|r| (r, codec)));
-        match decoded {
-            Ok((request, codec)) => {
-                if self.seen.first_time(&request.unique_id) {
-                    Some((request, codec))
-                } else {
-                    tracing::debug!(unique_id = %request.unique_id, "dropped a duplicate request");
-                    None
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, target = %self.target, bytes = body.len(), "dropped a malformed RPC request");
-                None
-            }
-        }
     }
 
     async fn drain(mut self) -> StopReport {

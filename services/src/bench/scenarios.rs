@@ -25,6 +25,9 @@ use crate::metering::store::SqliteStore;
 /// Rounds of `inflight` calls in the memory section.
 pub(crate) const MEMORY_ROUNDS: usize = 3;
 
+/// How long the memory section waits after a round's calls returned before measuring.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// How long servers and listeners get to drain when a run ends.
 const STOP: Duration = Duration::from_secs(5);
 
@@ -293,6 +296,8 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
         };
         let ((), rss) = tokio::try_join!(finish, peak)?;
         report.inflight_kib.push(rss);
+        // Measured once the server's side has settled too (its last replies confirmed).
+        tokio::time::sleep(SETTLE).await;
         report.after_kib.push(harness::rss_kib());
     }
     report.peak_kib = harness::peak_rss_kib();
