@@ -281,6 +281,20 @@ impl Dispatch {
     }
 
     /// Handles messages (all of one batch) and settles each.
+    /// Decodes a batch of deliveries (in the batch's task, so that decoding runs on every
+    /// worker thread rather than on the listen loop's) and handles what decoded.
+    async fn decode_and_handle(&self, deliveries: Vec<Delivery>) {
+        let mut received = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Some(r) = self.decode(delivery).await {
+                received.push(r);
+            }
+        }
+        if !received.is_empty() {
+            self.handle(received).await;
+        }
+    }
+
     async fn handle(&self, received: Vec<Received>) {
         let mut by_priority: BTreeMap<Priority, Vec<Received>> = BTreeMap::new();
         for r in received {
@@ -349,7 +363,8 @@ impl ListenLoop {
             })
             .collect();
         let (size, timeout) = batch.unwrap_or((1, Duration::ZERO));
-        let mut pending: Vec<Received> = Vec::with_capacity(size);
+        // A batch is counted in deliveries; the few that do not decode leave it a little short.
+        let mut pending: Vec<Delivery> = Vec::with_capacity(size);
         let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             let wake =
@@ -367,14 +382,12 @@ impl ListenLoop {
                         }
                         break;
                     };
-                    if let Some(received) = self.dispatch.decode(delivery).await {
-                        pending.push(received);
-                        if pending.len() >= size {
-                            flush_at = None;
-                            self.spawn(std::mem::take(&mut pending)).await;
-                        } else if flush_at.is_none() {
-                            flush_at = Some(tokio::time::Instant::now() + timeout);
-                        }
+                    pending.push(delivery);
+                    if pending.len() >= size {
+                        flush_at = None;
+                        self.spawn(std::mem::take(&mut pending)).await;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + timeout);
                     }
                 }
             }
@@ -393,7 +406,7 @@ impl ListenLoop {
     }
 
     /// Hands a batch to a task once a slot is free.
-    async fn spawn(&mut self, batch: Vec<Received>) {
+    async fn spawn(&mut self, batch: Vec<Delivery>) {
         if batch.is_empty() {
             return;
         }
@@ -403,7 +416,7 @@ impl ListenLoop {
         };
         let dispatch = self.dispatch.clone();
         self.in_flight.spawn(async move {
-            dispatch.handle(batch).await;
+            dispatch.decode_and_handle(batch).await;
             drop(slot);
         });
     }
