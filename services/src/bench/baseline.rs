@@ -158,6 +158,20 @@ async fn bound_queue(channel: &Channel, queue: &str) -> Result<()> {
     Ok(())
 }
 
+/// A channel consuming `queue` (declared and bound) with room for two batches in flight.
+async fn batch_consumer(connection: &Connection, queue: &str) -> Result<(Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(
+            u16::try_from(BATCH * 2).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    bound_queue(&channel, queue).await?;
+    let consumer = consume(&channel, queue, false).await?;
+    Ok((channel, consumer))
+}
+
 async fn consume(channel: &Channel, queue: &str, no_ack: bool) -> Result<Consumer> {
     Ok(channel
         .basic_consume(
@@ -314,15 +328,7 @@ async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
         client.call(queue, request).await?;
         Ok(())
     };
-    let result = async {
-        harness::latency(env.warm_up(), call).await?;
-        if concurrent {
-            harness::throughput(env.duration, |_| call()).await
-        } else {
-            harness::latency(env.duration, call).await
-        }
-    }
-    .await;
+    let result = env.calls(concurrent, call).await;
     server.abort();
     client.routing.abort();
     close(&[&client_connection, &server_connection]).await;
@@ -487,11 +493,7 @@ async fn cast(env: &Env, wire: Wire, copies: u64) -> Result<f64> {
         let body = wire.encode(request)?;
         publish_confirmed(channel, exchange, routing_key, &body, wire).await
     };
-    let result = async {
-        harness::pump(env.warm_up(), copies, &tally, publish).await?;
-        harness::pump(env.duration, copies, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(copies, &tally, publish).await;
     for task in tasks {
         task.abort();
     }
@@ -540,15 +542,7 @@ async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
     let publisher = connect(env).await?;
     let listener = connect(env).await?;
     let queue = env.name("bare-notify");
-    let channel = listener.create_channel().await?;
-    channel
-        .basic_qos(
-            u16::try_from(BATCH * 2).unwrap_or(u16::MAX),
-            BasicQosOptions::default(),
-        )
-        .await?;
-    bound_queue(&channel, &queue).await?;
-    let mut consumer = consume(&channel, &queue, false).await?;
+    let (channel, mut consumer) = batch_consumer(&listener, &queue).await?;
     let counted = tally.clone();
     let task = tokio::spawn(async move {
         while let Some(batch) = next_batch(&mut consumer).await {
@@ -570,11 +564,7 @@ async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
         let body = wire.encode(&notification(harness::payload()))?;
         publish_confirmed(sender, EXCHANGE, queue, &body, wire).await
     };
-    let result = async {
-        harness::pump(env.warm_up(), 1, &tally, publish).await?;
-        harness::pump(env.duration, 1, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(1, &tally, publish).await;
     task.abort();
     close(&[&publisher, &listener]).await;
     result
@@ -748,15 +738,7 @@ async fn ingest(env: &Env, wire: Wire) -> Result<f64> {
     let publisher = connect(env).await?;
     let listener = connect(env).await?;
     let queue = env.name("bare-ingest");
-    let channel = listener.create_channel().await?;
-    channel
-        .basic_qos(
-            u16::try_from(BATCH * 2).unwrap_or(u16::MAX),
-            BasicQosOptions::default(),
-        )
-        .await?;
-    bound_queue(&channel, &queue).await?;
-    let mut consumer = consume(&channel, &queue, false).await?;
+    let (channel, mut consumer) = batch_consumer(&listener, &queue).await?;
     let database = env.scratch_file("bare-ingest.sqlite");
     let (jobs, job_queue) = mpsc::channel::<WriteJob>(4);
     let (done, mut committed) = mpsc::unbounded_channel();
@@ -792,11 +774,7 @@ async fn ingest(env: &Env, wire: Wire) -> Result<f64> {
         publish_confirmed(sender, EXCHANGE, queue, &body, wire).await
     };
     let copies = SAMPLES_PER_NOTIFICATION as u64;
-    let result = async {
-        harness::pump(env.warm_up(), copies, &tally, publish).await?;
-        harness::pump(env.duration, copies, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(copies, &tally, publish).await;
     decoder.abort();
     acker.abort();
     close(&[&publisher, &listener]).await;

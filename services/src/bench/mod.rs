@@ -250,6 +250,30 @@ impl Env {
         (self.duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
     }
 
+    /// [`harness::pump`] after a warm-up of the same kind: the figure of a throughput scenario.
+    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, mut publish: F) -> Result<f64>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::pump(self.warm_up(), copies, tally, &mut publish).await?;
+        harness::pump(self.duration, copies, tally, publish).await
+    }
+
+    /// `call-1` (µs per call) or, when `concurrent`, `call-64` (calls/s), after a warm-up.
+    async fn calls<F, Fut>(&self, concurrent: bool, mut call: F) -> Result<f64>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::latency(self.warm_up(), &mut call).await?;
+        if concurrent {
+            harness::throughput(self.duration, |_| call()).await
+        } else {
+            harness::latency(self.duration, call).await
+        }
+    }
+
     /// A fresh file in this run's scratch directory.
     fn scratch_file(&self, what: &str) -> PathBuf {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);

@@ -94,15 +94,7 @@ async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
         let _: Value = client.call(context, "echo", args).await?;
         Ok(())
     };
-    let result = async {
-        harness::latency(env.warm_up(), call).await?;
-        if concurrent {
-            harness::throughput(env.duration, |_| call()).await
-        } else {
-            harness::latency(env.duration, call).await
-        }
-    }
-    .await;
+    let result = env.calls(concurrent, call).await;
     server.stop(STOP).await;
     client_transport.close().await;
     server_transport.close().await;
@@ -135,11 +127,7 @@ async fn cast(env: &Env, wire: Wire, servers: u64) -> Result<f64> {
         client.cast(context, "note", args).await?;
         Ok(())
     };
-    let result = async {
-        harness::pump(env.warm_up(), servers, &tally, publish).await?;
-        harness::pump(env.duration, servers, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(servers, &tally, publish).await;
     for (transport, server) in running {
         server.stop(STOP).await;
         transport.close().await;
@@ -176,11 +164,7 @@ async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
             .await?;
         Ok(())
     };
-    let result = async {
-        harness::pump(env.warm_up(), 1, &tally, publish).await?;
-        harness::pump(env.duration, 1, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(1, &tally, publish).await;
     listener.stop(STOP).await;
     notifier_transport.close().await;
     listener_transport.close().await;
@@ -224,11 +208,7 @@ async fn ingest(env: &Env, wire: Wire) -> Result<f64> {
         Ok(())
     };
     let copies = SAMPLES_PER_NOTIFICATION as u64;
-    let result = async {
-        harness::pump(env.warm_up(), copies, &tally, publish).await?;
-        harness::pump(env.duration, copies, &tally, publish).await
-    }
-    .await;
+    let result = env.pump(copies, &tally, publish).await;
     running.stop().await;
     forward.abort();
     notifier_transport.close().await;
