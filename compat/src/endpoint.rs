@@ -56,7 +56,7 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tidings::rpc::{Endpoint, MethodCall};
+use tidings::rpc::{Contract, ContractEndpoint, Endpoint, Method, MethodCall};
 use tidings::{Context, RemoteError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::PollSemaphore;
@@ -226,7 +226,7 @@ pub trait BlockingEndpointExt: Sized {
         E: Into<RemoteError> + 'static;
 }
 
-impl BlockingEndpointExt for Endpoint {
+impl<S> BlockingEndpointExt for Endpoint<S> {
     fn blocking_method<F, Args, T, E>(
         self,
         name: impl Into<String>,
@@ -240,5 +240,41 @@ impl BlockingEndpointExt for Endpoint {
         E: Into<RemoteError> + 'static,
     {
         self.service(name, pool.method(handler))
+    }
+}
+
+/// Typed blocking methods on a [`ContractEndpoint`]: the handler's arguments and result are
+/// checked against the contract's [`Method`], as async handlers are, so a method can move from
+/// blocking to async without its contract changing.
+pub trait BlockingContractExt<C>: Sized {
+    /// Serves `method` with the blocking fn `handler` on `pool`.
+    #[must_use]
+    fn blocking_handle<F, Args, Reply, E>(
+        self,
+        method: Method<C, Args, Reply>,
+        pool: &BlockingPool,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(&Context, Args) -> Result<Reply, E> + Send + Sync + 'static,
+        Args: DeserializeOwned + 'static,
+        Reply: Serialize + 'static,
+        E: Into<RemoteError> + 'static;
+}
+
+impl<C: Contract, S> BlockingContractExt<C> for ContractEndpoint<C, S> {
+    fn blocking_handle<F, Args, Reply, E>(
+        self,
+        method: Method<C, Args, Reply>,
+        pool: &BlockingPool,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(&Context, Args) -> Result<Reply, E> + Send + Sync + 'static,
+        Args: DeserializeOwned + 'static,
+        Reply: Serialize + 'static,
+        E: Into<RemoteError> + 'static,
+    {
+        self.handle_service(method, pool.method(handler))
     }
 }

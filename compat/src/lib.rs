@@ -59,7 +59,7 @@ pub mod pool;
 pub mod transport;
 
 pub use client::BlockingClient;
-pub use endpoint::{BlockingEndpointExt, BlockingMethod};
+pub use endpoint::{BlockingContractExt, BlockingEndpointExt, BlockingMethod};
 pub use error::ClientError;
 pub use notifier::BlockingNotifier;
 pub use notify::BlockingNotificationEndpointExt;

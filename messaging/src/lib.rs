@@ -14,7 +14,9 @@ pub mod context;
 pub mod notify;
 pub mod remote_error;
 pub mod rpc;
+pub mod serve;
 pub mod target;
+pub mod trace;
 pub mod transport;
 pub mod url;
 

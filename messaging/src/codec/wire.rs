@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::error::CodecError;
 use super::message::{CallInfo, Notification, RpcReply, RpcRequest};
+use crate::trace::TRACEPARENT_KEY;
 use crate::{Context, RemoteError};
 
 /// Envelope key of the format version.
@@ -145,12 +146,31 @@ pub(crate) fn check_notification(n: &Notification) -> Result<(), CodecError> {
 
 /// Writes the context as `_context_<key>` entries, reusing one key buffer.
 fn serialize_context<M: SerializeMap>(map: &mut M, context: &Context) -> Result<(), M::Error> {
+    serialize_context_with(map, context, None)
+}
+
+/// Writes the context, with `traceparent` (when given) in place of the context's own: the
+/// client sends its call's span as the parent without copying the caller's context.
+fn serialize_context_with<M: SerializeMap>(
+    map: &mut M,
+    context: &Context,
+    traceparent: Option<&str>,
+) -> Result<(), M::Error> {
     let mut key = String::with_capacity(32);
     for (k, v) in context.iter() {
+        if traceparent.is_some() && k == TRACEPARENT_KEY {
+            continue;
+        }
         key.clear();
         key.push_str(CONTEXT_PREFIX);
         key.push_str(k);
         map.serialize_entry(key.as_str(), v)?;
+    }
+    if let Some(traceparent) = traceparent {
+        key.clear();
+        key.push_str(CONTEXT_PREFIX);
+        key.push_str(TRACEPARENT_KEY);
+        map.serialize_entry(key.as_str(), traceparent)?;
     }
     Ok(())
 }
@@ -166,6 +186,8 @@ pub(crate) struct RequestParts<'a> {
     pub(crate) call: Option<&'a CallInfo>,
     pub(crate) unique_id: &'a str,
     pub(crate) context: &'a Context,
+    /// Sent as the context's `traceparent`, replacing the caller's.
+    pub(crate) traceparent: Option<&'a str>,
 }
 
 impl<'a> From<&'a RpcRequest> for RequestParts<'a> {
@@ -178,6 +200,7 @@ impl<'a> From<&'a RpcRequest> for RequestParts<'a> {
             call: r.call.as_ref(),
             unique_id: &r.unique_id,
             context: &r.context,
+            traceparent: None,
         }
     }
 }
@@ -192,7 +215,8 @@ impl Serialize for RequestView<'_> {
             + usize::from(r.namespace.is_some())
             + usize::from(r.version.is_some())
             + if r.call.is_some() { 3 } else { 0 }
-            + r.context.len();
+            + r.context.len()
+            + usize::from(r.traceparent.is_some() && r.context.get(TRACEPARENT_KEY).is_none());
         let mut map = serializer.serialize_map(Some(len))?;
         map.serialize_entry("method", r.method)?;
         map.serialize_entry("args", r.args)?;
@@ -208,7 +232,7 @@ impl Serialize for RequestView<'_> {
             map.serialize_entry("_timeout", &call.timeout)?;
         }
         map.serialize_entry("_unique_id", r.unique_id)?;
-        serialize_context(&mut map, r.context)?;
+        serialize_context_with(&mut map, r.context, r.traceparent)?;
         map.end()
     }
 }

@@ -12,15 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, SelectAll, StreamExt};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::endpoint::{NotificationEndpoint, Outcome};
 use super::{IncomingNotification, Metadata, Priority};
 use crate::codec::Codec;
-use crate::rpc::StopReport;
+use crate::serve::{Running, Serving, StopReport};
 use crate::transport::{ConsumeOptions, Delivery, Inbox, Subscription, Transport, TransportError};
 use crate::Target;
 
@@ -129,34 +126,24 @@ impl NotificationListenerBuilder {
                 );
             }
         }
-        let stop = CancellationToken::new();
-        let drained = CancellationToken::new();
         let worker = ListenLoop {
             dispatch: Arc::new(Dispatch {
                 endpoints: self.endpoints,
                 allow_requeue: self.allow_requeue,
                 max_requeues: self.max_requeues,
             }),
-            slots: Arc::new(Semaphore::new(self.max_concurrency)),
-            in_flight: JoinSet::new(),
-            stop: stop.clone(),
-            drained: drained.clone(),
         };
-        let task = tokio::spawn(worker.run(inboxes, self.batch));
-        Ok(NotificationListener {
-            stop,
-            drained,
-            task,
-        })
+        let batch = self.batch;
+        let running = Serving::new(self.max_concurrency)
+            .run(|serving| worker.run(serving, inboxes, batch));
+        Ok(NotificationListener { running })
     }
 }
 
 /// A running notification listener.
 #[derive(Debug)]
 pub struct NotificationListener {
-    stop: CancellationToken,
-    drained: CancellationToken,
-    task: tokio::task::JoinHandle<StopReport>,
+    running: Running,
 }
 
 impl NotificationListener {
@@ -177,19 +164,12 @@ impl NotificationListener {
     /// Stops consuming (a partial batch is handled), waits up to `deadline` for handlers in
     /// flight, and closes. Messages not yet handed to a handler go back to their queues.
     pub async fn stop(self, deadline: Duration) -> StopReport {
-        self.stop.cancel();
-        if tokio::time::timeout(deadline, self.drained.cancelled())
-            .await
-            .is_err()
-        {
-            self.drained.cancel();
-        }
-        self.task.await.unwrap_or_default()
+        self.running.stop(deadline).await
     }
 
     /// Resolves when the listener has stopped, on its own or by [`stop`](Self::stop).
     pub async fn stopped(&self) {
-        self.stop.cancelled().await;
+        self.running.stopped().await;
     }
 }
 
@@ -346,14 +326,15 @@ fn settle(result: Result<(), TransportError>) {
 
 struct ListenLoop {
     dispatch: Arc<Dispatch>,
-    slots: Arc<Semaphore>,
-    in_flight: JoinSet<()>,
-    stop: CancellationToken,
-    drained: CancellationToken,
 }
 
 impl ListenLoop {
-    async fn run(mut self, inboxes: Vec<Inbox>, batch: Option<(usize, Duration)>) -> StopReport {
+    async fn run(
+        self,
+        mut serving: Serving,
+        inboxes: Vec<Inbox>,
+        batch: Option<(usize, Duration)>,
+    ) -> StopReport {
         let mut deliveries: SelectAll<_> = inboxes
             .into_iter()
             .map(|inbox| {
@@ -370,14 +351,14 @@ impl ListenLoop {
             let wake =
                 flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                () = self.stop.cancelled() => break,
+                () = serving.stopping() => break,
                 () = tokio::time::sleep_until(wake), if flush_at.is_some() => {
                     flush_at = None;
-                    self.spawn(std::mem::take(&mut pending)).await;
+                    self.spawn(&mut serving, std::mem::take(&mut pending)).await;
                 }
                 next = deliveries.next() => {
                     let Some(delivery) = next else {
-                        if !self.stop.is_cancelled() {
+                        if !serving.is_stopping() {
                             tracing::warn!("notification inboxes closed by the transport");
                         }
                         break;
@@ -385,58 +366,39 @@ impl ListenLoop {
                     pending.push(delivery);
                     if pending.len() >= size {
                         flush_at = None;
-                        self.spawn(std::mem::take(&mut pending)).await;
+                        self.spawn(&mut serving, std::mem::take(&mut pending)).await;
                     } else if flush_at.is_none() {
                         flush_at = Some(tokio::time::Instant::now() + timeout);
                     }
                 }
             }
         }
-        self.stop.cancel();
+        serving.begin_stop();
         if !pending.is_empty() {
-            self.spawn(pending).await;
+            self.spawn(&mut serving, pending).await;
         }
         // Handlers settle their messages on the channels the inboxes hold open, so the inboxes
         // close only after the drain: closed first, they took the channels with them and every
         // in-flight acknowledgement failed, sending handled messages round again. What arrives
         // meanwhile is never taken, and goes back to its queue when the inboxes close.
-        let report = self.drain().await;
+        let report = serving.drain().await;
         drop(deliveries);
         report
     }
 
-    /// Hands a batch to a task once a slot is free.
-    async fn spawn(&mut self, batch: Vec<Delivery>) {
+    /// Hands a batch to a task once a slot is free (also while stopping: a batch taken from
+    /// the inboxes is handled, not dropped).
+    async fn spawn(&self, serving: &mut Serving, batch: Vec<Delivery>) {
         if batch.is_empty() {
             return;
         }
-        while self.in_flight.try_join_next().is_some() {}
-        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+        let Some(slot) = serving.slot_while_stopping().await else {
             return;
         };
         let dispatch = self.dispatch.clone();
-        self.in_flight.spawn(async move {
+        serving.spawn(async move {
             dispatch.decode_and_handle(batch).await;
             drop(slot);
         });
-    }
-
-    async fn drain(mut self) -> StopReport {
-        let mut report = StopReport::default();
-        loop {
-            tokio::select! {
-                joined = self.in_flight.join_next() => match joined {
-                    Some(_) => report.finished += 1,
-                    None => break,
-                },
-                () = self.drained.cancelled() => {
-                    report.abandoned = self.in_flight.len();
-                    self.in_flight.shutdown().await;
-                    break;
-                }
-            }
-        }
-        self.drained.cancel();
-        report
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub use endpoint::{NotificationEndpoint, Outcome};
 pub use filter::Filter;
+pub use crate::serve::StopReport;
 pub use listener::{
     NotificationListener, NotificationListenerBuilder, DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEUES,

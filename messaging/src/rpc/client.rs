@@ -13,8 +13,10 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::error::RpcError;
+use super::reply::ReplyRouter;
 use crate::codec::{CallInfo, RequestParts};
 use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
+use crate::trace::TraceParent;
 use crate::{Context, Target, Version};
 
 /// oslo.messaging's default `rpc_response_timeout`.
@@ -96,6 +98,13 @@ impl RpcClient {
         self
     }
 
+    /// Requests methods of oslo's default (unnamed) namespace.
+    #[must_use]
+    pub fn without_namespace(mut self) -> Self {
+        self.target.namespace = None;
+        self
+    }
+
     /// Requests API `version`.
     #[must_use]
     pub fn version(mut self, version: Version) -> Self {
@@ -150,20 +159,30 @@ impl RpcClient {
     }
 
     /// Calls `method` and waits for its result.
+    ///
+    /// The call waits at most the client's timeout, and no longer than the context's deadline
+    /// when it has one (a handler calling on with the context it was given). The server learns
+    /// the time left and cancels the work once it has passed. The context's `traceparent`, or a
+    /// new trace when it has none, goes with the request as this call's span.
     pub async fn call<R: DeserializeOwned>(
         &self,
         context: &Context,
         method: &str,
         args: impl Serialize,
     ) -> Result<R, RpcError> {
+        let trace = next_hop(context);
         let span = tracing::info_span!(
             "rpc.call",
             topic = %self.target.topic,
             server = self.target.server.as_deref(),
             method,
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            request_id = context.request_id(),
+            global_request_id = context.global_request_id(),
         );
         let value = self
-            .call_value(context, method, args)
+            .call_value(context, method, args, &trace)
             .instrument(span)
             .await?;
         serde_json::from_value(value).map_err(|error| RpcError::UnexpectedResult {
@@ -172,11 +191,20 @@ impl RpcClient {
         })
     }
 
+    /// How long a call with `context` may wait: the client's timeout, cut to the context's
+    /// deadline.
+    fn call_timeout(&self, context: &Context) -> Duration {
+        context
+            .time_left()
+            .map_or(self.timeout, |left| left.min(self.timeout))
+    }
+
     async fn call_value(
         &self,
         context: &Context,
         method: &str,
         args: impl Serialize,
+        trace: &TraceParent,
     ) -> Result<Value, RpcError> {
         if self.target.fanout {
             return Err(RpcError::FanoutCall {
@@ -184,13 +212,14 @@ impl RpcClient {
             });
         }
         // Everything, reconnecting included, happens within the call's timeout.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timeout = self.call_timeout(context);
+        let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || RpcError::Timeout {
             target: self.target.clone(),
             method: method.to_owned(),
-            timeout: self.timeout,
+            timeout,
         };
-        let router = tokio::time::timeout_at(deadline, self.transport.reply_router())
+        let router = tokio::time::timeout_at(deadline, ReplyRouter::of(&self.transport))
             .await
             .map_err(|_| timed_out())??;
         let msg_id = topology::new_id();
@@ -200,10 +229,16 @@ impl RpcClient {
             reply_q: router.queue().to_owned(),
             timeout: self.call_monitor_timeout.and_then(seconds_number),
         };
+        let request = Outgoing {
+            context,
+            method,
+            call: Some(call),
+            trace,
+            expires_at: Some(deadline),
+        };
         // The reply can arrive before the publisher confirm (it proves the request was
         // routed): wait for whichever comes first, not for one and then the other.
-        let publish =
-            tokio::time::timeout_at(deadline, self.publish(context, method, args, Some(call)));
+        let publish = tokio::time::timeout_at(deadline, self.publish(request, args));
         let mut early = None;
         tokio::select! {
             biased;
@@ -267,25 +302,36 @@ impl RpcClient {
         method: &str,
         args: impl Serialize,
     ) -> Result<(), RpcError> {
+        let trace = next_hop(context);
         let span = tracing::info_span!(
             "rpc.cast",
             topic = %self.target.topic,
             server = self.target.server.as_deref(),
             fanout = self.target.fanout,
             method,
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            request_id = context.request_id(),
+            global_request_id = context.global_request_id(),
         );
-        self.publish(context, method, args, None)
-            .instrument(span)
-            .await
+        let request = Outgoing {
+            context,
+            method,
+            call: None,
+            trace: &trace,
+            expires_at: None,
+        };
+        self.publish(request, args).instrument(span).await
     }
 
-    async fn publish(
-        &self,
-        context: &Context,
-        method: &str,
-        args: impl Serialize,
-        call: Option<CallInfo>,
-    ) -> Result<(), RpcError> {
+    async fn publish(&self, request: Outgoing<'_>, args: impl Serialize) -> Result<(), RpcError> {
+        let Outgoing {
+            context,
+            method,
+            call,
+            trace,
+            expires_at,
+        } = request;
         if let (Some(cap), Some(version)) = (self.version_cap, self.target.version) {
             if !cap.can_serve(&version) {
                 return Err(RpcError::VersionCapped { version, cap });
@@ -295,6 +341,7 @@ impl RpcClient {
         let is_call = call.is_some();
         let version = self.target.version.map(|v| v.to_string());
         let unique_id = topology::new_id();
+        let traceparent = trace.to_string();
         // Encoded from borrowed parts: the context and target are not copied per request.
         let request = RequestParts {
             method,
@@ -304,13 +351,19 @@ impl RpcClient {
             call: call.as_ref(),
             unique_id: &unique_id,
             context,
+            traceparent: Some(&traceparent),
         };
         let codec = self.transport.codec();
         let body = codec.encode_request_parts(request)?;
         let mut message = OutgoingMessage::new(Bytes::from(body), codec.content_type());
         message.mandatory = self.mandatory;
         if is_call {
-            message.expiration = Some(self.timeout);
+            // The time left, not the whole timeout: the server takes it as the caller's
+            // deadline, and the broker drops the request once nobody waits for it.
+            let left = expires_at.map_or(self.timeout, |at| {
+                at.saturating_duration_since(tokio::time::Instant::now())
+            });
+            message.expiration = Some(left.max(Duration::from_millis(1)));
         }
         let destination = self.destination();
         tracing::debug!(%destination, "publishing RPC request");
@@ -345,6 +398,23 @@ impl RpcClient {
             routing_key,
         }
     }
+}
+
+/// One request on its way out, borrowed from the caller.
+struct Outgoing<'a> {
+    context: &'a Context,
+    method: &'a str,
+    call: Option<CallInfo>,
+    trace: &'a TraceParent,
+    /// When the caller stops waiting (calls only).
+    expires_at: Option<tokio::time::Instant>,
+}
+
+/// The trace parent a request sends: a child of the context's, or the root of a new trace.
+fn next_hop(context: &Context) -> TraceParent {
+    context
+        .trace_parent()
+        .map_or_else(TraceParent::new_root, |parent| parent.child())
 }
 
 /// The arguments as oslo's keyword-argument object.

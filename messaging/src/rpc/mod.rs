@@ -2,6 +2,7 @@
 //! oslo.messaging's rules.
 
 mod client;
+pub mod contract;
 pub mod dispatcher;
 pub mod endpoint;
 mod error;
@@ -10,9 +11,13 @@ mod server;
 
 pub use client::{RpcClient, DEFAULT_CALL_TIMEOUT};
 pub use dispatcher::Dispatcher;
-pub use endpoint::{Endpoint, Handler, MethodCall, MethodService, NoArgs};
+pub use contract::{Contract, ContractEndpoint, Method, ServiceClient};
+pub use endpoint::{
+    layer_error, Endpoint, Handler, IntoEndpoint, MethodCall, MethodService, NoArgs, State,
+};
 pub use error::RpcError;
+pub use crate::serve::StopReport;
 pub use server::{
-    RpcServer, RpcServerBuilder, StopReport, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_CONCURRENCY,
+    RpcServer, RpcServerBuilder, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REPLY_RETRY,
 };

@@ -13,7 +13,24 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, RpcReply};
-use crate::transport::{ack_without_waiting, Driver, Inbox, TransportError};
+use crate::transport::{
+    ack_without_waiting, Attachment, Driver, Inbox, Transport, TransportError,
+};
+
+/// The reply queue of a transport, kept as its attachment: opened by the first call, opened
+/// again after the previous one was lost, shut when the transport closes.
+#[derive(Debug, Default)]
+pub(crate) struct ReplyQueueSlot {
+    router: tokio::sync::Mutex<Option<Arc<ReplyRouter>>>,
+    /// Parent of every router's stop token: cancelled when the transport closes.
+    closed: CancellationToken,
+}
+
+impl Attachment for ReplyQueueSlot {
+    fn on_close(&self) {
+        self.closed.cancel();
+    }
+}
 
 type Waiters = HashMap<String, mpsc::UnboundedSender<RpcReply>>;
 
@@ -27,14 +44,33 @@ pub(crate) struct ReplyRouter {
 }
 
 impl ReplyRouter {
-    /// Opens a reply queue on `driver` and starts routing its deliveries.
-    pub(crate) async fn start(driver: &dyn Driver) -> Result<Arc<Self>, TransportError> {
+    /// The reply router of `transport`, opening its reply queue on first use and again after
+    /// the previous one was lost.
+    pub(crate) async fn of(transport: &Transport) -> Result<Arc<Self>, TransportError> {
+        let slot = transport.attachment::<ReplyQueueSlot>();
+        let mut router = slot.router.lock().await;
+        if let Some(router) = router.as_ref().filter(|r| r.is_alive()) {
+            return Ok(router.clone());
+        }
+        if slot.closed.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        let started = Self::start(transport.driver().as_ref(), slot.closed.child_token()).await?;
+        *router = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Opens a reply queue on `driver` and starts routing its deliveries until `stop`.
+    async fn start(
+        driver: &dyn Driver,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, TransportError> {
         let (queue, inbox) = driver.open_reply_queue().await?;
         let router = Arc::new(Self {
             queue,
             waiters: Mutex::default(),
             alive: AtomicBool::new(true),
-            stop: CancellationToken::new(),
+            stop,
         });
         tokio::spawn(Self::route(
             Arc::downgrade(&router),
@@ -52,11 +88,6 @@ impl ReplyRouter {
     /// Whether the reply queue is still consumed.
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
-    }
-
-    /// Stops routing; waiters see the call end as a lost connection.
-    pub(crate) fn shutdown(&self) {
-        self.stop.cancel();
     }
 
     fn waiters(&self) -> MutexGuard<'_, Waiters> {

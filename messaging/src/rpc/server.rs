@@ -14,18 +14,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::dispatcher::Dispatcher;
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, IntoEndpoint};
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
+use crate::serve::{Running, Serving, StopReport};
 use crate::transport::{
     ack_without_waiting, topology, ConsumeOptions, Destination, Inbox, OutgoingMessage,
     Subscription, Transport, TransportError,
 };
+use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::{RemoteError, Target};
 
 /// oslo.messaging's default executor pool size.
@@ -54,13 +54,24 @@ pub struct RpcServerBuilder {
     max_concurrency: usize,
     dedup_window: usize,
     reply_retry: Duration,
+    cancel_past_deadline: bool,
 }
 
 impl RpcServerBuilder {
-    /// Adds an endpoint; endpoints are tried in the order added.
+    /// Whether a handler still running when its caller's deadline passes is cancelled (default
+    /// true). The deadline is the call's timeout as the request's time to live says; casts have
+    /// none. Turn this off for handlers that must finish what they started whoever waits.
     #[must_use]
-    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
-        self.endpoints.push(endpoint);
+    pub fn cancel_past_deadline(mut self, cancel: bool) -> Self {
+        self.cancel_past_deadline = cancel;
+        self
+    }
+
+    /// Adds an endpoint (an [`Endpoint`] with any state, or a typed
+    /// [`ContractEndpoint`](super::ContractEndpoint)); endpoints are tried in the order added.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: impl IntoEndpoint) -> Self {
+        self.endpoints.push(endpoint.into_endpoint());
         self
     }
 
@@ -106,48 +117,31 @@ impl RpcServerBuilder {
             .driver()
             .subscribe(&subscription, ConsumeOptions { prefetch })
             .await?;
-        let stop = CancellationToken::new();
+        let serving = Serving::new(self.max_concurrency);
         let worker = ServerLoop {
             transport: self.transport,
+            cancel_past_deadline: self.cancel_past_deadline,
             target: Arc::new(self.target.clone()),
             dispatcher: Arc::new(Dispatcher::new(self.endpoints)),
-            slots: Arc::new(Semaphore::new(self.max_concurrency)),
             seen: Arc::new(Mutex::new(RecentIds::new(self.dedup_window))),
             replies: Arc::new(ReplyPolicy {
                 retry_for: self.reply_retry,
                 obsolete: Mutex::default(),
             }),
-            in_flight: JoinSet::new(),
-            stop: stop.clone(),
-            drained: CancellationToken::new(),
         };
-        let drained = worker.drained.clone();
-        let task = tokio::spawn(worker.run(inbox));
+        let running = serving.run(|serving| worker.run(serving, inbox));
         Ok(RpcServer {
             target: self.target,
-            stop,
-            drained,
-            task,
+            running,
         })
     }
-}
-
-/// What [`RpcServer::stop`] saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StopReport {
-    /// Requests that finished during the drain.
-    pub finished: usize,
-    /// Requests cut off at the deadline.
-    pub abandoned: usize,
 }
 
 /// A running RPC server.
 #[derive(Debug)]
 pub struct RpcServer {
     target: Target,
-    stop: CancellationToken,
-    drained: CancellationToken,
-    task: tokio::task::JoinHandle<StopReport>,
+    running: Running,
 }
 
 impl RpcServer {
@@ -161,6 +155,7 @@ impl RpcServer {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             dedup_window: DEFAULT_DEDUP_WINDOW,
             reply_retry: DEFAULT_REPLY_RETRY,
+            cancel_past_deadline: true,
         }
     }
 
@@ -172,20 +167,12 @@ impl RpcServer {
     /// Stops consuming at once, waits up to `deadline` for requests in flight, abandons the
     /// rest, and closes the server's queues (its fanout queue is deleted).
     pub async fn stop(self, deadline: Duration) -> StopReport {
-        self.stop.cancel();
-        let timed_out = tokio::time::timeout(deadline, self.drained.cancelled())
-            .await
-            .is_err();
-        if timed_out {
-            // Tell the loop to abandon what is left; it reports how much.
-            self.drained.cancel();
-        }
-        self.task.await.unwrap_or_default()
+        self.running.stop(deadline).await
     }
 
     /// Resolves when the server ends on its own (its inbox closed) or has been stopped.
     pub async fn stopped(&self) {
-        self.stop.cancelled().await;
+        self.running.stopped().await;
     }
 }
 
@@ -228,21 +215,19 @@ impl RecentIds {
 
 struct ServerLoop {
     transport: Transport,
+    cancel_past_deadline: bool,
     target: Arc<Target>,
     dispatcher: Arc<Dispatcher>,
-    slots: Arc<Semaphore>,
     seen: Arc<Mutex<RecentIds>>,
     replies: Arc<ReplyPolicy>,
-    in_flight: JoinSet<()>,
-    stop: CancellationToken,
-    /// Cancelled by the loop when in-flight work is done, or by `stop` to cut the drain short.
-    drained: CancellationToken,
 }
 
 /// A request taken from the inbox (and acknowledged), not decoded yet.
 struct Taken {
     body: Bytes,
     content_type: String,
+    /// When the caller stops waiting: arrival plus the time the request had left to live.
+    deadline: Option<tokio::time::Instant>,
     target: Arc<Target>,
     seen: Arc<Mutex<RecentIds>>,
 }
@@ -253,7 +238,8 @@ impl Taken {
         let decoded = Codec::from_content_type(&self.content_type)
             .and_then(|codec| codec.decode_request(&self.body).map(|r| (r, codec)));
         match decoded {
-            Ok((request, codec)) => {
+            Ok((mut request, codec)) => {
+                request.context.set_deadline(self.deadline);
                 // The window stays consistent under panic: each call is one insert or lookup.
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 if seen.first_time(&request.unique_id) {
@@ -272,24 +258,22 @@ impl Taken {
 }
 
 impl ServerLoop {
-    async fn run(mut self, mut inbox: Inbox) -> StopReport {
+    async fn run(self, mut serving: Serving, mut inbox: Inbox) -> StopReport {
         loop {
-            let slot = tokio::select! {
-                () = self.stop.cancelled() => break,
-                slot = self.slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
+            let Some(slot) = serving.slot().await else {
+                break;
             };
             let delivery = tokio::select! {
-                () = self.stop.cancelled() => break,
+                () = serving.stopping() => break,
                 delivery = inbox.recv() => delivery,
             };
             let Some(delivery) = delivery else {
                 tracing::warn!(target = %self.target, "server inbox closed by the transport");
                 break;
             };
-            while self.in_flight.try_join_next().is_some() {}
+            let deadline = delivery
+                .expiration
+                .map(|left| tokio::time::Instant::now() + left);
             // Acknowledged here, in arrival order (oslo's at-most-once rule); decoded in the
             // dispatch task, so that decoding runs on every worker thread, not on this loop's.
             let (body, content_type, acker) = delivery.into_parts();
@@ -297,6 +281,7 @@ impl ServerLoop {
             let taken = Taken {
                 body,
                 content_type,
+                deadline,
                 target: self.target.clone(),
                 seen: self.seen.clone(),
             };
@@ -305,10 +290,12 @@ impl ServerLoop {
                 self.dispatcher.clone(),
                 self.replies.clone(),
             );
-            self.in_flight.spawn(async move {
+            let cancel_past_deadline = self.cancel_past_deadline;
+            serving.spawn(async move {
                 if let Some((request, codec)) = taken.decode() {
                     let dispatch = Dispatch {
                         transport,
+                        cancel_past_deadline,
                         dispatcher,
                         replies,
                         codec,
@@ -317,28 +304,9 @@ impl ServerLoop {
                 }
             });
         }
-        self.stop.cancel();
+        serving.begin_stop();
         inbox.close().await;
-        self.drain().await
-    }
-
-    async fn drain(mut self) -> StopReport {
-        let mut report = StopReport::default();
-        loop {
-            tokio::select! {
-                joined = self.in_flight.join_next() => match joined {
-                    Some(_) => report.finished += 1,
-                    None => break,
-                },
-                () = self.drained.cancelled() => {
-                    report.abandoned = self.in_flight.len();
-                    self.in_flight.shutdown().await;
-                    break;
-                }
-            }
-        }
-        self.drained.cancel();
-        report
+        serving.drain().await
     }
 }
 
@@ -371,6 +339,7 @@ impl ReplyPolicy {
 /// Runs one request and sends its reply.
 struct Dispatch {
     transport: Transport,
+    cancel_past_deadline: bool,
     dispatcher: Arc<Dispatcher>,
     replies: Arc<ReplyPolicy>,
     codec: Codec,
@@ -379,13 +348,25 @@ struct Dispatch {
 impl Dispatch {
     /// Runs `request` holding `slot`; the slot is released once the handler is done, even if
     /// the reply must still be retried.
-    async fn run(self, request: RpcRequest, slot: OwnedSemaphorePermit) {
+    async fn run(self, mut request: RpcRequest, slot: OwnedSemaphorePermit) {
+        // The handler's span is the next hop of the caller's trace (or starts one), and the
+        // handler's context names it, so calls it makes are this span's children.
+        let caller = request.context.trace_parent();
+        let trace = caller.map_or_else(TraceParent::new_root, |parent| parent.child());
+        request
+            .context
+            .insert(TRACEPARENT_KEY, trace.to_string());
         let span = tracing::info_span!(
             "rpc.dispatch",
             method = %request.method,
             namespace = request.namespace.as_deref(),
             version = request.version.as_deref(),
             call = request.call.is_some(),
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            parent_span_id = caller.map(|parent| parent.span_id()),
+            request_id = request.context.request_id(),
+            global_request_id = request.context.global_request_id(),
         );
         async move {
             let RpcRequest {
@@ -397,6 +378,7 @@ impl Dispatch {
                 context,
                 ..
             } = request;
+            let deadline = context.deadline().filter(|_| self.cancel_past_deadline);
             let work = self.dispatcher.dispatch(
                 namespace.as_deref(),
                 version.as_deref(),
@@ -404,9 +386,18 @@ impl Dispatch {
                 context,
                 args,
             );
+            // Work the caller no longer waits for is cancelled (dropped) at its deadline.
+            let work = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                    None => Some(work.await),
+                }
+            };
             let Some(call) = call else {
-                if let Err(error) = work.await {
-                    tracing::warn!(%error, "cast handler failed");
+                match work.await {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => tracing::warn!(%error, "cast handler failed"),
+                    None => tracing::info!("cast handler cancelled at its deadline"),
                 }
                 drop(slot);
                 return;
@@ -419,6 +410,11 @@ impl Dispatch {
                     }
                 }
                 None => work.await,
+            };
+            let Some(outcome) = outcome else {
+                // The caller has given up: a reply would only be dropped on its side.
+                tracing::info!("handler cancelled: the caller's deadline passed");
+                return;
             };
             let reply = match outcome {
                 Ok(result) => RpcReply {

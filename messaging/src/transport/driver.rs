@@ -169,6 +169,9 @@ pub struct Delivery {
     pub requeues: u32,
     /// Queue it came from.
     pub queue: String,
+    /// How long the message had left to live when it was delivered, when the publisher gave it
+    /// a time to live (a call's timeout). The RPC server turns it into the caller's deadline.
+    pub expiration: Option<Duration>,
     acker: Box<dyn Acknowledge>,
 }
 
@@ -188,8 +191,16 @@ impl Delivery {
             redelivered,
             requeues,
             queue,
+            expiration: None,
             acker,
         }
+    }
+
+    /// The same delivery with the time it had left to live.
+    #[must_use]
+    pub fn with_expiration(mut self, expiration: Option<Duration>) -> Self {
+        self.expiration = expiration;
+        self
     }
 
     /// Splits the delivery into its body and the handle that settles it, so the body can be

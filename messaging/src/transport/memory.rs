@@ -17,6 +17,7 @@ use super::driver::{
     Acknowledge, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage,
     Subscription,
 };
+use super::topology::{ExchangeKind, QueuePlan, Route, SubscriptionPlan};
 use super::{topology, TransportError};
 
 /// A message at rest in a queue.
@@ -108,28 +109,38 @@ impl BrokerState {
         }
     }
 
-    fn route(&mut self, destination: &Destination) -> Vec<Arc<Queue>> {
-        let names: Vec<String> = match destination {
-            Destination::Rpc {
-                exchange,
-                routing_key,
-            } => self.bound(exchange, routing_key),
-            Destination::Fanout { topic } => self
-                .fanouts
-                .get(&topology::fanout_exchange(topic))
-                .cloned()
-                .unwrap_or_default(),
-            Destination::Reply { queue } => vec![queue.clone()],
-            Destination::Notification {
-                exchange,
-                topic,
-                priority,
-            } => {
-                let key = topology::notification_queue(topic, priority);
-                self.declare(&key);
-                self.bind(exchange, &key, &key);
-                self.bound(exchange, &key)
+    /// Declares `plan`'s queue and its bindings.
+    fn apply(&mut self, plan: &QueuePlan) -> Arc<Queue> {
+        let queue = self.declare(&plan.name);
+        for (exchange, key) in &plan.bindings {
+            match exchange.kind {
+                ExchangeKind::Topic => self.bind(&exchange.name, key, &plan.name),
+                ExchangeKind::Fanout => {
+                    let bound = self.fanouts.entry(exchange.name.to_string()).or_default();
+                    if !bound.iter().any(|q| q == &plan.name) {
+                        bound.push(plan.name.clone());
+                    }
+                }
             }
+        }
+        queue
+    }
+
+    fn route(&mut self, destination: &Destination) -> Vec<Arc<Queue>> {
+        let route = Route::of(destination);
+        if let Some(queue) = route.declared_queue() {
+            self.apply(&queue);
+        }
+        let names: Vec<String> = match &route.exchange {
+            None => vec![route.routing_key.into_owned()],
+            Some(exchange) => match exchange.kind {
+                ExchangeKind::Topic => self.bound(&exchange.name, &route.routing_key),
+                ExchangeKind::Fanout => self
+                    .fanouts
+                    .get(exchange.name.as_ref())
+                    .cloned()
+                    .unwrap_or_default(),
+            },
         };
         names
             .iter()
@@ -271,14 +282,20 @@ impl MemoryDriver {
                     queue: Arc::downgrade(&queue),
                     message: Some(message.clone()),
                 };
-                permit.send(Delivery::new(
-                    message.body,
-                    message.content_type.to_owned(),
-                    message.redelivered,
-                    message.requeues,
-                    name.clone(),
-                    Box::new(acker),
-                ));
+                let expiration = message
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                permit.send(
+                    Delivery::new(
+                        message.body,
+                        message.content_type.to_owned(),
+                        message.redelivered,
+                        message.requeues,
+                        name.clone(),
+                        Box::new(acker),
+                    )
+                    .with_expiration(expiration),
+                );
             }
         });
     }
@@ -318,61 +335,22 @@ impl Driver for MemoryDriver {
     ) -> Result<Inbox, TransportError> {
         self.check_open()?;
         let (sender, receiver) = mpsc::channel(usize::from(options.prefetch.max(1)));
-        let mut consumed = Vec::new();
-        let mut on_close = None;
-        {
+        let plan = SubscriptionPlan::of(subscription);
+        let consumed: Vec<(String, Arc<Queue>)> = {
             let mut state = self.broker.state();
-            match subscription {
-                Subscription::RpcServer {
-                    exchange,
-                    topic,
-                    server,
-                } => {
-                    let server_queue = topology::server_queue(topic, server);
-                    for name in [topic.clone(), server_queue] {
-                        let queue = state.declare(&name);
-                        state.bind(exchange, &name, &name);
-                        consumed.push((name, queue));
-                    }
-                    let fanout = topology::fanout_queue(topic);
-                    let queue = state.declare(&fanout);
-                    let bound = state
-                        .fanouts
-                        .entry(topology::fanout_exchange(topic))
-                        .or_default();
-                    bound.push(fanout.clone());
-                    consumed.push((fanout.clone(), queue));
-                    let broker = Arc::downgrade(&self.broker);
-                    on_close = Some(Box::pin(async move {
-                        if let Some(broker) = broker.upgrade() {
-                            broker.state().delete(&fanout);
-                        }
-                    }) as super::driver::CloseHook);
+            plan.queues
+                .iter()
+                .map(|queue| (queue.name.clone(), state.apply(queue)))
+                .collect()
+        };
+        let on_close = plan.delete_on_close.map(|queue| {
+            let broker = Arc::downgrade(&self.broker);
+            Box::pin(async move {
+                if let Some(broker) = broker.upgrade() {
+                    broker.state().delete(&queue);
                 }
-                Subscription::Queue { name } => {
-                    let queue = state.declare(name);
-                    consumed.push((name.clone(), queue));
-                }
-                Subscription::Notifications {
-                    exchange,
-                    topics,
-                    priorities,
-                    pool,
-                } => {
-                    for topic in topics {
-                        for priority in priorities {
-                            let key = topology::notification_queue(topic, priority);
-                            let name = pool.clone().unwrap_or_else(|| key.clone());
-                            let queue = state.declare(&name);
-                            state.bind(exchange, &key, &name);
-                            if !consumed.iter().any(|(n, _)| n == &name) {
-                                consumed.push((name, queue));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+            }) as super::driver::CloseHook
+        });
         for (name, queue) in consumed {
             self.consume(name, queue, sender.clone());
         }
@@ -381,8 +359,9 @@ impl Driver for MemoryDriver {
 
     async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError> {
         self.check_open()?;
-        let name = topology::reply_queue();
-        let queue = self.broker.state().declare(&name);
+        let plan = topology::reply_queue_plan();
+        let name = plan.name.clone();
+        let queue = self.broker.state().apply(&plan);
         let (sender, receiver) = mpsc::channel(usize::from(ConsumeOptions::default().prefetch));
         self.consume(name.clone(), queue, sender);
         let broker = Arc::downgrade(&self.broker);

@@ -1,8 +1,9 @@
 //! Transports: a connection to a message bus, chosen by URL, with the driver behind one trait.
 //!
 //! [`Transport`] is what users hold: cheap to clone, shared by clients, servers, notifiers and
-//! listeners of one process. It owns the driver, the codec used for outgoing messages, the control
-//! exchange, and the process's reply queue (created lazily by the first call).
+//! listeners of one process. It owns the driver, the codec used for outgoing messages and the
+//! control exchange. It knows nothing of RPC or notifications: the layers above keep what they
+//! share per transport (the RPC reply queue) as [`Attachment`]s, which close with it.
 
 pub mod amqp;
 mod driver;
@@ -10,8 +11,10 @@ mod error;
 pub mod memory;
 pub mod topology;
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use driver::{
     dead_letter_queue, Acknowledge, CloseHook, ConsumeOptions, Delivery, Destination, Driver,
@@ -22,8 +25,17 @@ pub use error::TransportError;
 pub(crate) use driver::ack_without_waiting;
 
 use crate::codec::Codec;
-use crate::rpc::reply::ReplyRouter;
 use crate::url::{Scheme, TransportUrl};
+
+/// State that a layer above the driver keeps once per transport (the RPC layer's reply queue),
+/// made on first use by [`Transport::attachment`] and told when the transport closes.
+pub trait Attachment: Any + Send + Sync + Default {
+    /// The transport is closing: stop what this attachment runs.
+    fn on_close(&self);
+}
+
+type Attached = Arc<dyn Any + Send + Sync>;
+type CloseAttachment = Box<dyn Fn() + Send + Sync>;
 
 /// Options of a transport that are not in its URL.
 #[derive(Clone, Debug)]
@@ -53,7 +65,7 @@ struct Inner {
     url: TransportUrl,
     options: TransportOptions,
     driver: Arc<dyn Driver>,
-    replies: tokio::sync::Mutex<Option<Arc<ReplyRouter>>>,
+    attachments: Mutex<HashMap<TypeId, (Attached, CloseAttachment)>>,
 }
 
 impl fmt::Debug for Transport {
@@ -103,7 +115,7 @@ impl Transport {
                 url,
                 options,
                 driver,
-                replies: tokio::sync::Mutex::new(None),
+                attachments: Mutex::default(),
             }),
         }
     }
@@ -128,22 +140,38 @@ impl Transport {
         &self.inner.driver
     }
 
-    /// The process's reply router, opening the reply queue on first use and again after the
-    /// previous one was lost.
-    pub(crate) async fn reply_router(&self) -> Result<Arc<ReplyRouter>, TransportError> {
-        let mut slot = self.inner.replies.lock().await;
-        if let Some(router) = slot.as_ref().filter(|r| r.is_alive()) {
-            return Ok(router.clone());
+    /// This transport's attachment of type `T`, made on first use.
+    pub fn attachment<T: Attachment>(&self) -> Arc<T> {
+        // The map stays consistent under panic: each use is one lookup or insert.
+        let mut attachments = self
+            .inner
+            .attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (attached, _) = attachments.entry(TypeId::of::<T>()).or_insert_with(|| {
+            let attachment = Arc::new(T::default());
+            let closing = attachment.clone();
+            (attachment, Box::new(move || closing.on_close()))
+        });
+        match attached.clone().downcast::<T>() {
+            Ok(attachment) => attachment,
+            // Unreachable: the entry of `TypeId::of::<T>()` always holds a `T`.
+            Err(_) => Arc::new(T::default()),
         }
-        let router = ReplyRouter::start(self.inner.driver.as_ref()).await?;
-        *slot = Some(router.clone());
-        Ok(router)
     }
 
-    /// Closes the transport: the reply queue goes, the driver's connections close.
+    /// Closes the transport: attachments stop (the reply queue goes), the driver's connections
+    /// close.
     pub async fn close(&self) {
-        if let Some(router) = self.inner.replies.lock().await.take() {
-            router.shutdown();
+        let attachments: Vec<_> = self
+            .inner
+            .attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, (_, on_close)) in attachments {
+            on_close();
         }
         self.inner.driver.close().await;
     }

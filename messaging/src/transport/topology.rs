@@ -1,7 +1,14 @@
-//! Names of exchanges and queues, as oslo.messaging's rabbit driver makes them. Every driver uses
-//! these so that the memory transport and the AMQP one agree on what exists.
+//! oslo.messaging's layout of exchanges and queues, worked out once: the names its rabbit driver
+//! makes, which queues a [`Subscription`] consumes and how they are bound, and where a
+//! [`Destination`] is routed. Both drivers apply these plans — the AMQP one by declaring them on
+//! the broker with the flags of its options, the memory one in its in-process broker — so they
+//! cannot disagree about what exists.
+
+use std::borrow::Cow;
 
 use uuid::Uuid;
+
+use super::driver::{Destination, Subscription};
 
 /// The default control exchange of oslo.messaging.
 pub const DEFAULT_CONTROL_EXCHANGE: &str = "openstack";
@@ -48,9 +55,281 @@ pub(crate) fn new_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
 }
 
+/// The kinds of exchange oslo uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// A topic exchange (the control exchange, `nova`, `ceilometer`, …), routed by exact keys.
+    Topic,
+    /// A `<topic>_fanout` exchange: every bound queue gets every message.
+    Fanout,
+}
+
+/// An exchange in the layout.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ExchangePlan<'a> {
+    /// Its name.
+    pub name: Cow<'a, str>,
+    /// Its kind.
+    pub kind: ExchangeKind,
+}
+
+impl<'a> ExchangePlan<'a> {
+    /// A topic exchange called `name`.
+    pub fn topic(name: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ExchangeKind::Topic,
+        }
+    }
+
+    /// The fanout exchange of `topic`.
+    pub fn fanout_of(topic: &str) -> Self {
+        Self {
+            name: Cow::Owned(fanout_exchange(topic)),
+            kind: ExchangeKind::Fanout,
+        }
+    }
+
+    /// The same plan owning its strings.
+    pub fn into_owned(self) -> ExchangePlan<'static> {
+        ExchangePlan {
+            name: Cow::Owned(self.name.into_owned()),
+            kind: self.kind,
+        }
+    }
+}
+
+/// What a queue is for, which decides its flags (each driver maps a role to its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueRole {
+    /// A queue shared by consumers and kept by the broker (`<topic>`, `<topic>.<server>`,
+    /// notification and pool queues, dead-letter queues): durable when the operator asks.
+    Shared,
+    /// One RPC server's `<topic>_fanout_<hex>` queue: transient, expires when unused, deleted
+    /// when the server stops.
+    Fanout,
+    /// One client's `reply_<hex>` queue: transient, unbound, expires when unused.
+    Reply,
+}
+
+/// A queue of the layout with the bindings that feed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuePlan {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub role: QueueRole,
+    /// `(exchange, routing key)` pairs bound to it.
+    pub bindings: Vec<(ExchangePlan<'static>, String)>,
+}
+
+impl QueuePlan {
+    fn new(name: impl Into<String>, role: QueueRole) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            bindings: Vec::new(),
+        }
+    }
+
+    fn bound(mut self, exchange: ExchangePlan<'static>, key: impl Into<String>) -> Self {
+        self.bindings.push((exchange, key.into()));
+        self
+    }
+}
+
+/// The queues one subscription consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionPlan {
+    /// Queues to declare, bind and consume, in order.
+    pub queues: Vec<QueuePlan>,
+    /// A queue to delete when the subscription closes (an RPC server's fanout queue).
+    pub delete_on_close: Option<String>,
+}
+
+impl SubscriptionPlan {
+    /// oslo's layout for `subscription`.
+    pub fn of(subscription: &Subscription) -> Self {
+        match subscription {
+            Subscription::RpcServer {
+                exchange,
+                topic,
+                server,
+            } => {
+                let exchange = ExchangePlan::topic(exchange.clone());
+                let server_queue = server_queue(topic, server);
+                let fanout = fanout_queue(topic);
+                Self {
+                    queues: vec![
+                        QueuePlan::new(topic.clone(), QueueRole::Shared)
+                            .bound(exchange.clone(), topic.clone()),
+                        QueuePlan::new(server_queue.clone(), QueueRole::Shared)
+                            .bound(exchange, server_queue),
+                        QueuePlan::new(fanout.clone(), QueueRole::Fanout)
+                            .bound(ExchangePlan::fanout_of(topic), topic.clone()),
+                    ],
+                    delete_on_close: Some(fanout),
+                }
+            }
+            Subscription::Queue { name } => Self {
+                queues: vec![QueuePlan::new(name.clone(), QueueRole::Shared)],
+                delete_on_close: None,
+            },
+            Subscription::Notifications {
+                exchange,
+                topics,
+                priorities,
+                pool,
+            } => {
+                let exchange = ExchangePlan::topic(exchange.clone());
+                let mut queues: Vec<QueuePlan> = Vec::new();
+                for topic in topics {
+                    for priority in priorities {
+                        let key = notification_queue(topic, priority);
+                        // With a pool, one queue named after it takes every key.
+                        let name = pool.clone().unwrap_or_else(|| key.clone());
+                        match queues.iter_mut().find(|q| q.name == name) {
+                            Some(queue) => queue.bindings.push((exchange.clone(), key)),
+                            None => queues.push(
+                                QueuePlan::new(name, QueueRole::Shared).bound(exchange.clone(), key),
+                            ),
+                        }
+                    }
+                }
+                Self {
+                    queues,
+                    delete_on_close: None,
+                }
+            }
+        }
+    }
+}
+
+/// A fresh reply queue's plan.
+pub fn reply_queue_plan() -> QueuePlan {
+    QueuePlan::new(reply_queue(), QueueRole::Reply)
+}
+
+/// Where one publish goes, borrowed from its destination where it can be (this is worked out
+/// for every message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The exchange published to; `None` is the default exchange, which routes by queue name.
+    pub exchange: Option<ExchangePlan<'a>>,
+    /// The routing key.
+    pub routing_key: Cow<'a, str>,
+    /// Whether the queue named by the routing key is declared (and bound) before publishing,
+    /// as oslo's notifier does so that nothing is lost before a listener exists.
+    pub declares_queue: bool,
+}
+
+impl<'a> Route<'a> {
+    /// oslo's route for `destination`.
+    pub fn of(destination: &'a Destination) -> Self {
+        match destination {
+            Destination::Rpc {
+                exchange,
+                routing_key,
+            } => Self {
+                exchange: Some(ExchangePlan::topic(exchange.as_str())),
+                routing_key: Cow::Borrowed(routing_key),
+                declares_queue: false,
+            },
+            Destination::Fanout { topic } => Self {
+                exchange: Some(ExchangePlan::fanout_of(topic)),
+                routing_key: Cow::Borrowed(""),
+                declares_queue: false,
+            },
+            Destination::Reply { queue } => Self {
+                exchange: None,
+                routing_key: Cow::Borrowed(queue),
+                declares_queue: false,
+            },
+            Destination::Notification {
+                exchange,
+                topic,
+                priority,
+            } => Self {
+                exchange: Some(ExchangePlan::topic(exchange.as_str())),
+                routing_key: Cow::Owned(notification_queue(topic, priority)),
+                declares_queue: true,
+            },
+        }
+    }
+
+    /// The queue this route declares before publishing, bound by its own name.
+    pub fn declared_queue(&self) -> Option<QueuePlan> {
+        if !self.declares_queue {
+            return None;
+        }
+        let queue = QueuePlan::new(self.routing_key.as_ref(), QueueRole::Shared);
+        Some(match &self.exchange {
+            Some(exchange) => {
+                queue.bound(exchange.clone().into_owned(), self.routing_key.as_ref())
+            }
+            None => queue,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpc_server_consumes_topic_server_and_fanout_queues() {
+        let plan = SubscriptionPlan::of(&Subscription::RpcServer {
+            exchange: "nova".into(),
+            topic: "compute".into(),
+            server: "host-1".into(),
+        });
+        let names: Vec<&str> = plan.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names[..2], ["compute", "compute.host-1"]);
+        assert!(names[2].starts_with("compute_fanout_"));
+        assert_eq!(plan.delete_on_close.as_deref(), Some(names[2]));
+        assert_eq!(
+            plan.queues[1].bindings,
+            [(ExchangePlan::topic("nova"), "compute.host-1".to_owned())]
+        );
+        assert_eq!(plan.queues[2].role, QueueRole::Fanout);
+        assert_eq!(plan.queues[2].bindings[0].0.name, "compute_fanout");
+    }
+
+    #[test]
+    fn a_pool_is_one_queue_bound_with_every_key() {
+        let plan = SubscriptionPlan::of(&Subscription::Notifications {
+            exchange: "ceilometer".into(),
+            topics: vec!["notifications".into()],
+            priorities: vec!["info".into(), "sample".into()],
+            pool: Some("collector".into()),
+        });
+        assert_eq!(plan.queues.len(), 1);
+        let keys: Vec<&str> = plan.queues[0]
+            .bindings
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["notifications.info", "notifications.sample"]);
+    }
+
+    #[test]
+    fn notifications_declare_their_queue_before_publishing() {
+        let destination = Destination::Notification {
+            exchange: "ceilometer".into(),
+            topic: "metering".into(),
+            priority: "sample".into(),
+        };
+        let route = Route::of(&destination);
+        assert_eq!(route.routing_key, "metering.sample");
+        let queue = route.declared_queue().unwrap();
+        assert_eq!(queue.name, "metering.sample");
+        assert_eq!(queue.bindings[0].0, ExchangePlan::topic("ceilometer"));
+        let reply = Destination::Reply {
+            queue: "reply_x".into(),
+        };
+        assert_eq!(Route::of(&reply).exchange, None);
+        assert_eq!(Route::of(&reply).declared_queue(), None);
+    }
 
     #[test]
     fn ids_are_fresh_version_4_hex() {

@@ -4,6 +4,7 @@
 //! so calls waiting on it fail at once instead of waiting out their timeouts.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{SelectAll, StreamExt};
@@ -240,6 +241,11 @@ async fn consume_on(
             .map(|ct| ct.as_str().to_owned())
             .unwrap_or_default();
         let requeues = requeue_count(delivery.properties.headers().as_ref());
+        let expiration = delivery
+            .properties
+            .expiration()
+            .as_ref()
+            .and_then(|ttl| parse_expiration(ttl.as_str()));
         let body = bytes::Bytes::from(delivery.data);
         // Without acknowledgements there is nothing to settle: the broker already forgot it.
         let settle = (!spec.auto_ack).then(|| {
@@ -266,7 +272,8 @@ async fn consume_on(
             requeues,
             queue,
             Box::new(acker),
-        );
+        )
+        .with_expiration(expiration);
         // Waiting for room in the inbox, keep sending acknowledgements: the broker counts
         // unsent ones against the prefetch.
         let permit = loop {
@@ -293,6 +300,19 @@ async fn close_quietly(channel: &Channel) {
         // Closing the channel cancels its consumers; the broker requeues what was unacked.
         let _ = channel.close(200, "inbox closed".into()).await;
     }
+}
+
+/// The longest time to live taken from a peer's `expiration` property: a day. A longer or
+/// malformed value is treated as none (the message then carries no deadline).
+const MAX_EXPIRATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The AMQP `expiration` property: milliseconds as decimal text, as every publisher writes it.
+fn parse_expiration(text: &str) -> Option<Duration> {
+    if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis: u64 = text.parse().ok()?;
+    Some(Duration::from_millis(millis)).filter(|ttl| *ttl <= MAX_EXPIRATION)
 }
 
 fn driver_error(error: lapin::Error) -> TransportError {

@@ -6,7 +6,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 use super::options::AmqpOptions;
-use crate::transport::topology;
+use crate::transport::topology::{ExchangeKind as PlannedKind, ExchangePlan, QueuePlan, QueueRole};
 
 /// An exchange to declare.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,13 +28,21 @@ impl ExchangeSpec {
         }
     }
 
-    /// `<topic>_fanout`: fanout, transient, auto-delete.
-    pub(super) fn fanout(topic: &str) -> Self {
+    /// A `<topic>_fanout` exchange: fanout, transient, auto-delete.
+    fn fanout(name: &str) -> Self {
         Self {
-            name: topology::fanout_exchange(topic),
+            name: name.to_owned(),
             fanout: true,
             durable: false,
             auto_delete: true,
+        }
+    }
+
+    /// The exchange of the layout's `plan`, with oslo's flags for its kind.
+    pub(super) fn of(plan: &ExchangePlan<'_>, options: &AmqpOptions) -> Self {
+        match plan.kind {
+            PlannedKind::Topic => Self::topic(&plan.name, options),
+            PlannedKind::Fanout => Self::fanout(&plan.name),
         }
     }
 
@@ -70,6 +78,20 @@ pub(super) struct QueueSpec {
 }
 
 impl QueueSpec {
+    /// The queue of the layout's `plan`, with oslo's flags and arguments for its role.
+    pub(super) fn of(plan: &QueuePlan, options: &AmqpOptions) -> Self {
+        let mut spec = match plan.role {
+            QueueRole::Shared => Self::topic(&plan.name, options),
+            QueueRole::Fanout | QueueRole::Reply => Self::transient(&plan.name, options),
+        };
+        spec.bindings = plan
+            .bindings
+            .iter()
+            .map(|(exchange, key)| (ExchangeSpec::of(exchange, options), key.clone()))
+            .collect();
+        spec
+    }
+
     /// `<topic>` or `<topic>.<server>` (or a notification queue): bound by its own name unless
     /// given other keys; quorum arguments when asked for.
     pub(super) fn topic(name: &str, options: &AmqpOptions) -> Self {
@@ -92,19 +114,9 @@ impl QueueSpec {
         }
     }
 
-    /// A server's `<topic>_fanout_<hex>` queue: transient, expiring when unused.
-    pub(super) fn fanout(name: &str, topic: &str, options: &AmqpOptions) -> Self {
-        Self {
-            name: name.to_owned(),
-            durable: false,
-            auto_delete: false,
-            arguments: vec![("x-expires", expires(options))],
-            bindings: vec![(ExchangeSpec::fanout(topic), topic.to_owned())],
-        }
-    }
-
-    /// A client's `reply_<hex>` queue: transient, unbound, expiring when unused.
-    pub(super) fn reply(name: &str, options: &AmqpOptions) -> Self {
+    /// A server's `<topic>_fanout_<hex>` queue or a client's `reply_<hex>` queue: transient,
+    /// expiring when unused.
+    fn transient(name: &str, options: &AmqpOptions) -> Self {
         Self {
             name: name.to_owned(),
             durable: false,
@@ -112,12 +124,6 @@ impl QueueSpec {
             arguments: vec![("x-expires", expires(options))],
             bindings: Vec::new(),
         }
-    }
-
-    /// Adds a binding from `exchange` with `key`.
-    pub(super) fn bound(mut self, exchange: ExchangeSpec, key: &str) -> Self {
-        self.bindings.push((exchange, key.to_owned()));
-        self
     }
 
     /// Declares the queue, its exchanges and bindings.

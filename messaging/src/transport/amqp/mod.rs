@@ -12,7 +12,6 @@ mod declare;
 mod link;
 mod options;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,7 +28,8 @@ use self::link::{Declaration, Link, Session};
 use super::driver::{
     CloseHook, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage, Subscription,
 };
-use super::{topology, TransportError};
+use super::topology::{self, Route, SubscriptionPlan};
+use super::TransportError;
 use crate::url::TransportUrl;
 
 /// The AMQP driver.
@@ -73,27 +73,6 @@ impl AmqpDriver {
         &self.options
     }
 
-    /// Exchanges (and, for notifications, the default queue) a destination needs.
-    fn topology_for(&self, destination: &Destination) -> (Option<ExchangeSpec>, Option<QueueSpec>) {
-        match destination {
-            Destination::Rpc { exchange, .. } => {
-                (Some(ExchangeSpec::topic(exchange, &self.options)), None)
-            }
-            Destination::Fanout { topic } => (Some(ExchangeSpec::fanout(topic)), None),
-            Destination::Reply { .. } => (None, None),
-            Destination::Notification {
-                exchange,
-                topic,
-                priority,
-            } => {
-                let key = topology::notification_queue(topic, priority);
-                let exchange = ExchangeSpec::topic(exchange, &self.options);
-                let queue = QueueSpec::topic(&key, &self.options).bound(exchange.clone(), &key);
-                (Some(exchange), Some(queue))
-            }
-        }
-    }
-
     async fn publish_once(
         &self,
         session: &Session,
@@ -113,14 +92,15 @@ impl AmqpDriver {
             }
         };
         let channel = session.publisher().await.map_err(lost)?;
-        let (exchange_name, routing_key) = route(destination);
-        self.declare_once(session, &channel, destination, &exchange_name, &routing_key)
+        let route = Route::of(destination);
+        self.declare_once(session, &channel, &route)
             .await
             .map_err(lost)?;
+        let exchange_name = route.exchange.as_ref().map_or("", |e| e.name.as_ref());
         let confirm = channel
             .basic_publish(
-                exchange_name.as_ref().into(),
-                routing_key.as_ref().into(),
+                exchange_name.into(),
+                route.routing_key.as_ref().into(),
                 BasicPublishOptions {
                     mandatory: message.mandatory,
                     ..BasicPublishOptions::default()
@@ -145,31 +125,31 @@ impl AmqpDriver {
         Ok(())
     }
 
-    /// Declares what `destination` needs (its exchange; for a notification, its queue too),
-    /// once per publishing channel. The check is a lookup by the name being published to, so a
+    /// Declares what a route needs (its exchange; for a notification, its queue too), once
+    /// per publishing channel. The check is a lookup by the name being published to, so a
     /// publish allocates nothing for it once the declaration is known.
     async fn declare_once(
         &self,
         session: &Session,
         channel: &lapin::Channel,
-        destination: &Destination,
-        exchange: &str,
-        routing_key: &str,
+        route: &Route<'_>,
     ) -> Result<(), lapin::Error> {
-        let (kind, name) = match destination {
-            Destination::Reply { .. } => return Ok(()),
-            // The notification queue is named after its routing key, `<topic>.<priority>`.
-            Destination::Notification { .. } => (Declaration::Queue, routing_key),
-            Destination::Rpc { .. } | Destination::Fanout { .. } => {
-                (Declaration::Exchange, exchange)
-            }
+        let (kind, name) = match (&route.exchange, route.declares_queue) {
+            // The declared queue is named after its routing key, `<topic>.<priority>`.
+            (_, true) => (Declaration::Queue, route.routing_key.as_ref()),
+            (Some(exchange), false) => (Declaration::Exchange, exchange.name.as_ref()),
+            (None, false) => return Ok(()),
         };
         if session.is_declared(kind, name) {
             return Ok(());
         }
-        match self.topology_for(destination) {
-            (_, Some(queue)) => queue.declare(channel).await?,
-            (Some(exchange), None) => exchange.declare(channel).await?,
+        match (route.declared_queue(), &route.exchange) {
+            (Some(queue), _) => QueueSpec::of(&queue, &self.options).declare(channel).await?,
+            (None, Some(exchange)) => {
+                ExchangeSpec::of(exchange, &self.options)
+                    .declare(channel)
+                    .await?;
+            }
             (None, None) => {}
         }
         session.mark_declared(kind, name);
@@ -220,30 +200,6 @@ impl AmqpDriver {
                 tracing::debug!(%error, %queue, "could not delete the fanout queue; it expires on its own");
             }
         })
-    }
-}
-
-/// The exchange and routing key of a destination, as oslo routes them; borrowed from the
-/// destination where it holds them.
-fn route(destination: &Destination) -> (Cow<'_, str>, Cow<'_, str>) {
-    match destination {
-        Destination::Rpc {
-            exchange,
-            routing_key,
-        } => (Cow::Borrowed(exchange), Cow::Borrowed(routing_key)),
-        Destination::Fanout { topic } => (
-            Cow::Owned(topology::fanout_exchange(topic)),
-            Cow::Borrowed(""),
-        ),
-        Destination::Reply { queue } => (Cow::Borrowed(""), Cow::Borrowed(queue)),
-        Destination::Notification {
-            exchange,
-            topic,
-            priority,
-        } => (
-            Cow::Borrowed(exchange),
-            Cow::Owned(topology::notification_queue(topic, priority)),
-        ),
     }
 }
 
@@ -302,61 +258,23 @@ impl Driver for AmqpDriver {
         subscription: &Subscription,
         options: ConsumeOptions,
     ) -> Result<Inbox, TransportError> {
-        match subscription {
-            Subscription::RpcServer {
-                exchange,
-                topic,
-                server,
-            } => {
-                let exchange = ExchangeSpec::topic(exchange, &self.options);
-                let server_queue = topology::server_queue(topic, server);
-                let fanout_queue = topology::fanout_queue(topic);
-                let queues = vec![
-                    QueueSpec::topic(topic, &self.options).bound(exchange.clone(), topic),
-                    QueueSpec::topic(&server_queue, &self.options).bound(exchange, &server_queue),
-                    QueueSpec::fanout(&fanout_queue, topic, &self.options),
-                ];
-                let receiver = self.consume(queues, options.prefetch, true, false).await?;
-                Ok(Inbox::new(
-                    receiver,
-                    Some(self.delete_on_close(fanout_queue)),
-                ))
-            }
-            Subscription::Queue { name } => {
-                let queues = vec![QueueSpec::topic(name, &self.options)];
-                let receiver = self.consume(queues, options.prefetch, true, false).await?;
-                Ok(Inbox::new(receiver, None))
-            }
-            Subscription::Notifications {
-                exchange,
-                topics,
-                priorities,
-                pool,
-            } => {
-                let exchange = ExchangeSpec::topic(exchange, &self.options);
-                let mut queues: Vec<QueueSpec> = Vec::new();
-                for topic in topics {
-                    for priority in priorities {
-                        let key = topology::notification_queue(topic, priority);
-                        let name = pool.clone().unwrap_or_else(|| key.clone());
-                        match queues.iter_mut().find(|q| q.name == name) {
-                            Some(queue) => queue.bindings.push((exchange.clone(), key)),
-                            None => queues.push(
-                                QueueSpec::topic(&name, &self.options)
-                                    .bound(exchange.clone(), &key),
-                            ),
-                        }
-                    }
-                }
-                let receiver = self.consume(queues, options.prefetch, true, false).await?;
-                Ok(Inbox::new(receiver, None))
-            }
-        }
+        let plan = SubscriptionPlan::of(subscription);
+        let queues = plan
+            .queues
+            .iter()
+            .map(|queue| QueueSpec::of(queue, &self.options))
+            .collect();
+        let receiver = self.consume(queues, options.prefetch, true, false).await?;
+        let on_close = plan
+            .delete_on_close
+            .map(|queue| self.delete_on_close(queue));
+        Ok(Inbox::new(receiver, on_close))
     }
 
     async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError> {
-        let name = topology::reply_queue();
-        let queues = vec![QueueSpec::reply(&name, &self.options)];
+        let plan = topology::reply_queue_plan();
+        let name = plan.name.clone();
+        let queues = vec![QueueSpec::of(&plan, &self.options)];
         let receiver = self
             .consume(queues, ConsumeOptions::default().prefetch, false, true)
             .await?;

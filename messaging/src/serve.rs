@@ -1,0 +1,178 @@
+//! The serving core that the RPC server and the notification listener share: a bound on work in
+//! flight (dispatch slots), the tasks running it, and a stop that drains them within a deadline
+//! and reports what finished and what was cut off.
+//!
+//! This module knows nothing of requests or notifications; its users decide what a unit of work
+//! is (one request, one batch) and when a slot is released (an RPC request frees its slot before
+//! a reply is retried).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// What stopping a server or listener saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Units of work (requests, batches) that finished during the drain.
+    pub finished: usize,
+    /// Units of work cut off at the deadline.
+    pub abandoned: usize,
+}
+
+/// Work in flight, bounded by slots, on one serving loop.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    slots: Arc<Semaphore>,
+    in_flight: JoinSet<()>,
+    stop: CancellationToken,
+    /// Cancelled by the loop when in-flight work is done, or by [`Running::stop`] to cut the
+    /// drain short.
+    drained: CancellationToken,
+}
+
+impl Serving {
+    /// A core allowing `limit` units of work at once.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit.max(1))),
+            in_flight: JoinSet::new(),
+            stop: CancellationToken::new(),
+            drained: CancellationToken::new(),
+        }
+    }
+
+    /// Runs `serve` (the loop that takes deliveries and hands them to [`spawn`](Self::spawn))
+    /// on its own task; the returned handle stops it.
+    pub(crate) fn run<F>(self, serve: impl FnOnce(Self) -> F) -> Running
+    where
+        F: Future<Output = StopReport> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        let drained = self.drained.clone();
+        let task = tokio::spawn(serve(self));
+        Running {
+            stop,
+            drained,
+            task,
+        }
+    }
+
+    /// Resolves once a stop was asked for.
+    pub(crate) async fn stopping(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// Whether a stop was asked for.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Marks the loop as stopping (it ended on its own, e.g. its inbox closed).
+    pub(crate) fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for a free slot; `None` once a stop was asked for.
+    pub(crate) async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            () = self.stop.cancelled() => None,
+            slot = self.slots.clone().acquire_owned() => slot.ok(),
+        }
+    }
+
+    /// Waits for a free slot even while stopping (for the last partial batch).
+    pub(crate) async fn slot_while_stopping(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Runs `work` as one unit in flight; it owns its slot and releases it when it is done.
+    pub(crate) fn spawn(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        while self.in_flight.try_join_next().is_some() {}
+        self.in_flight.spawn(work);
+    }
+
+    /// Waits for the work in flight until it is done or the stop's deadline cuts it off.
+    pub(crate) async fn drain(mut self) -> StopReport {
+        let mut report = StopReport::default();
+        loop {
+            tokio::select! {
+                joined = self.in_flight.join_next() => match joined {
+                    Some(_) => report.finished += 1,
+                    None => break,
+                },
+                () = self.drained.cancelled() => {
+                    report.abandoned = self.in_flight.len();
+                    self.in_flight.shutdown().await;
+                    break;
+                }
+            }
+        }
+        self.drained.cancel();
+        report
+    }
+}
+
+/// A running serving loop.
+#[derive(Debug)]
+pub(crate) struct Running {
+    stop: CancellationToken,
+    drained: CancellationToken,
+    task: JoinHandle<StopReport>,
+}
+
+impl Running {
+    /// Asks the loop to stop taking work, waits up to `deadline` for the work in flight,
+    /// abandons the rest, and reports.
+    pub(crate) async fn stop(self, deadline: Duration) -> StopReport {
+        self.stop.cancel();
+        let timed_out = tokio::time::timeout(deadline, self.drained.cancelled())
+            .await
+            .is_err();
+        if timed_out {
+            // Tell the loop to abandon what is left; it reports how much.
+            self.drained.cancel();
+        }
+        self.task.await.unwrap_or_default()
+    }
+
+    /// Resolves when the loop is stopping, on its own or by [`stop`](Self::stop).
+    pub(crate) async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_reports_finished_and_abandoned_work() {
+        let serving = Serving::new(2);
+        let running = serving.run(|mut serving| async move {
+            for pause in [Duration::from_millis(10), Duration::from_secs(3600)] {
+                let Some(slot) = serving.slot().await else {
+                    break;
+                };
+                serving.spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    drop(slot);
+                });
+            }
+            serving.stopping().await;
+            serving.drain().await
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let report = running.stop(Duration::from_secs(1)).await;
+        assert_eq!(
+            report,
+            StopReport {
+                finished: 1,
+                abandoned: 1
+            }
+        );
+    }
+}
