@@ -1,0 +1,468 @@
+//! # tidings-bench
+//!
+//! The benchmark behind the `tidings-bench` binary: every scenario run twice in one process — through tidings and through a
+//! bare-lapin baseline with no framework — so that each figure comes with a ratio measured
+//! under the same conditions (on a busy 2-core machine absolute figures drift; ratios hold).
+//!
+//! A run: the memory section first (on a quiet process), then each scenario × codec, both
+//! sides in turn, for `rounds` rounds alternating which side goes first; the best round of each
+//! side is kept (lowest latency, highest throughput), which filters out the moments another
+//! process took the CPU. Every side of every round opens its own connections and queues.
+//!
+//! Unpublished: nothing published may depend on it. It uses the library crates as a user would
+//! and changes none of them.
+
+mod baseline;
+mod harness;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tidings::TransportUrl;
+
+pub use harness::{BenchError, Result, Wire};
+
+/// The local RabbitMQ; runs against it get a private vhost.
+pub const DEFAULT_URL: &str = "rabbit://guest:guest@127.0.0.1:5672/";
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// One call in flight: µs per call.
+    Call1,
+    /// 64 calls in flight: calls per second.
+    Call64,
+    /// Confirmed one-way casts to one server: messages per second.
+    Cast,
+    /// Fanout casts to three servers: deliveries per second.
+    Fanout3,
+    /// Notifications to a listener taking batches: messages per second.
+    NotifyBatch,
+    /// Sample notifications through the collector into SQLite: samples per second.
+    Ingest,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Call1,
+        Scenario::Call64,
+        Scenario::Cast,
+        Scenario::Fanout3,
+        Scenario::NotifyBatch,
+        Scenario::Ingest,
+    ];
+
+    /// The name in the table, before `/codec`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Call1 => "call-1",
+            Scenario::Call64 => "call-64",
+            Scenario::Cast => "cast",
+            Scenario::Fanout3 => "fanout-3",
+            Scenario::NotifyBatch => "notify-batch",
+            Scenario::Ingest => "ingest",
+        }
+    }
+
+    /// The unit of its figures.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::Call1 => "µs/call",
+            Scenario::Call64 => "calls/s",
+            Scenario::Cast | Scenario::NotifyBatch => "msgs/s",
+            Scenario::Fanout3 => "msgs/s delivered",
+            Scenario::Ingest => "samples/s",
+        }
+    }
+
+    /// Whether a lower figure is better (latency) rather than a higher one (throughput).
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Scenario::Call1)
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// The broker.
+    pub url: String,
+    /// How long each side of each scenario runs, per round.
+    pub duration: Duration,
+    /// Rounds per scenario (sides alternate which goes first); the best of each side counts.
+    pub rounds: usize,
+    /// Calls held in flight in the memory section (0: skip the section).
+    pub inflight: usize,
+    /// Only scenarios whose full name (`call-1/json`) starts with one of these; all when empty.
+    pub only: Vec<String>,
+    /// `tidings` or `baseline` to run one side only (for profiling); both when `None`.
+    pub side: Option<String>,
+}
+
+/// What one scenario measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `scenario/codec`.
+    #[serde(skip)]
+    pub scenario: String,
+    /// The figure through tidings.
+    pub tidings: f64,
+    /// The figure of the bare-lapin baseline.
+    pub baseline: f64,
+    /// tidings ÷ baseline.
+    pub ratio: f64,
+    /// The unit of both figures.
+    pub unit: &'static str,
+}
+
+/// The memory section (VmRSS of this process, KiB).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryReport {
+    /// Calls held in flight.
+    pub inflight: usize,
+    /// An idle agent: a transport serving RPC and one with a reply queue, after one call.
+    pub idle_kib: u64,
+    /// With `inflight` calls in flight, per round.
+    pub inflight_kib: Vec<u64>,
+    /// After the round's calls returned, per round.
+    pub after_kib: Vec<u64>,
+    /// The process's peak (VmHWM) by the end of the section.
+    pub peak_kib: u64,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scenario rows, in run order.
+    pub rows: Vec<Row>,
+    /// The memory section, unless skipped.
+    pub memory: Option<MemoryReport>,
+    /// 1-minute load average before and after the run.
+    pub load: (Option<f64>, Option<f64>),
+}
+
+impl Report {
+    /// The table printed on stdout.
+    pub fn table(&self, config: &BenchConfig) -> String {
+        let mut out = String::new();
+        let load = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.2}"));
+        let _ = writeln!(
+            out,
+            "tidings-bench: {} s per side, best of {} round(s); load average {} before, {} after",
+            config.duration.as_secs_f64(),
+            config.rounds,
+            load(self.load.0),
+            load(self.load.1),
+        );
+        let _ = writeln!(
+            out,
+            "ratio = tidings ÷ baseline (bare lapin): lower is better for latency (µs/call), \
+             higher is better for throughput (/s)"
+        );
+        let _ = writeln!(
+            out,
+            "{:<22} {:>12} {:>12}  {:<17} {:>6}",
+            "scenario", "tidings", "baseline", "unit", "ratio"
+        );
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12.1} {:>12.1}  {:<17} {:>6.2}",
+                row.scenario, row.tidings, row.baseline, row.unit, row.ratio
+            );
+        }
+        if let Some(memory) = &self.memory {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let _ = writeln!(out, "\nmemory (VmRSS of this process: client and server)");
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8.1} MiB",
+                "idle agent",
+                mib(memory.idle_kib)
+            );
+            for (round, (inflight, after)) in memory
+                .inflight_kib
+                .iter()
+                .zip(&memory.after_kib)
+                .enumerate()
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:>8.1} MiB",
+                    format!("{} calls in flight (round {})", memory.inflight, round + 1),
+                    mib(*inflight)
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:>8.1} MiB",
+                    format!("after they returned (round {})", round + 1),
+                    mib(*after)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8.1} MiB",
+                "peak (VmHWM)",
+                mib(memory.peak_kib)
+            );
+        }
+        out
+    }
+
+    /// `{scenario: {tidings, baseline, ratio, unit}}`, plus `memory` when measured.
+    pub fn json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for row in &self.rows {
+            map.insert(
+                row.scenario.clone(),
+                serde_json::to_value(row).unwrap_or_default(),
+            );
+        }
+        if let Some(memory) = &self.memory {
+            map.insert(
+                "memory".to_owned(),
+                serde_json::to_value(memory).unwrap_or_default(),
+            );
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// What every side of every scenario shares: the broker, the time per side, fresh names.
+#[derive(Debug)]
+pub(crate) struct Env {
+    url: TransportUrl,
+    duration: Duration,
+    sequence: AtomicU64,
+    scratch: PathBuf,
+}
+
+impl Env {
+    /// A name no other side of this run uses.
+    fn name(&self, what: &str) -> String {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("bench-{what}-{n}")
+    }
+
+    /// A short warm-up before each measurement: connections, declarations, caches.
+    fn warm_up(&self) -> Duration {
+        (self.duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
+    /// [`harness::pump`] after a warm-up of the same kind: the figure of a throughput scenario.
+    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, mut publish: F) -> Result<f64>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::pump(self.warm_up(), copies, tally, &mut publish).await?;
+        harness::pump(self.duration, copies, tally, publish).await
+    }
+
+    /// `call-1` (µs per call) or, when `concurrent`, `call-64` (calls/s), after a warm-up.
+    async fn calls<F, Fut>(&self, concurrent: bool, mut call: F) -> Result<f64>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::latency(self.warm_up(), &mut call).await?;
+        if concurrent {
+            harness::throughput(self.duration, |_| call()).await
+        } else {
+            harness::latency(self.duration, call).await
+        }
+    }
+
+    /// A fresh file in this run's scratch directory.
+    fn scratch_file(&self, what: &str) -> PathBuf {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.scratch.join(format!("{n}-{what}"))
+    }
+
+    /// Removes a SQLite file and its WAL companions.
+    fn remove_scratch(&self, path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// A vhost of our own on the local broker, deleted when dropped.
+#[derive(Debug)]
+struct PrivateVhost(String);
+
+impl PrivateVhost {
+    fn create() -> Result<Self> {
+        let name = format!("tidings-bench-{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name])?;
+        let vhost = Self(name);
+        rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"])?;
+        Ok(vhost)
+    }
+}
+
+impl Drop for PrivateVhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.0]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<()> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .map_err(|e| BenchError(format!("rabbitmqctl {args:?}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError(format!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Progress on stderr: one line rewritten in place on a terminal, a line per step otherwise.
+#[derive(Debug)]
+struct Progress {
+    total: usize,
+    done: usize,
+    terminal: bool,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let line = format!("[{}/{}] {what}", self.done, self.total);
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// The scenario × codec pairs selected by `only`. Ingest runs in both codecs too: the
+/// collector accepts both.
+pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
+    Scenario::ALL
+        .into_iter()
+        .flat_map(|s| [(s, Wire::Json), (s, Wire::Msgpack)])
+        .filter(|(s, w)| {
+            let name = format!("{}/{}", s.name(), w.name());
+            only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()))
+        })
+        .collect()
+}
+
+/// Runs the benchmark.
+pub async fn run(config: &BenchConfig) -> Result<Report> {
+    let url: TransportUrl = config.url.parse()?;
+    if url.memory_name().is_some() {
+        return Err(BenchError(
+            "the baseline needs RabbitMQ: give an amqp:// or rabbit:// URL".into(),
+        ));
+    }
+    // The default local broker: a private vhost, so runs never collide with other users.
+    let vhost = if config.url.trim_end_matches('/') == DEFAULT_URL.trim_end_matches('/') {
+        Some(PrivateVhost::create()?)
+    } else {
+        None
+    };
+    let url = match &vhost {
+        Some(vhost) => url.with_virtual_host(vhost.0.clone()),
+        None => url,
+    };
+    let scratch =
+        std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let env = Env {
+        url,
+        duration: config.duration,
+        sequence: AtomicU64::new(0),
+        scratch,
+    };
+    let result = run_in(&env, config).await;
+    let _ = std::fs::remove_dir_all(&env.scratch);
+    drop(vhost);
+    result
+}
+
+async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
+    let selected = selected(&config.only);
+    let rounds = config.rounds.max(1);
+    let mut progress = Progress {
+        total: selected.len() * rounds * if config.side.is_some() { 1 } else { 2 }
+            + usize::from(config.inflight > 0),
+        done: 0,
+        terminal: std::io::stderr().is_terminal(),
+    };
+    let mut report = Report {
+        load: (harness::load_average(), None),
+        ..Report::default()
+    };
+    if config.inflight > 0 {
+        progress.step(&format!("memory: {} calls in flight", config.inflight));
+        report.memory = Some(scenarios::memory(env, config.inflight).await?);
+    }
+    for (scenario, wire) in selected {
+        let name = format!("{}/{}", scenario.name(), wire.name());
+        let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+        for round in 0..rounds {
+            // Alternate which side goes first, so neither always gets the warmer machine.
+            let sides = if round % 2 == 0 {
+                ["tidings", "baseline"]
+            } else {
+                ["baseline", "tidings"]
+            };
+            for side in sides {
+                if config.side.as_deref().is_some_and(|only| only != side) {
+                    continue;
+                }
+                progress.step(&format!("{name}: {side} (round {})", round + 1));
+                let figure = match side {
+                    "tidings" => scenarios::run(env, scenario, wire).await,
+                    _ => baseline::run(env, scenario, wire).await,
+                }
+                .map_err(|e| BenchError(format!("{name} ({side}): {e}")))?;
+                let kept = best.entry(side).or_insert(figure);
+                *kept = if scenario.lower_is_better() {
+                    kept.min(figure)
+                } else {
+                    kept.max(figure)
+                };
+            }
+        }
+        let tidings = best.get("tidings").copied().unwrap_or(f64::NAN);
+        let baseline = best.get("baseline").copied().unwrap_or(f64::NAN);
+        report.rows.push(Row {
+            scenario: name,
+            tidings,
+            baseline,
+            ratio: tidings / baseline,
+            unit: scenario.unit(),
+        });
+    }
+    progress.finish();
+    report.load.1 = harness::load_average();
+    Ok(report)
+}

@@ -1,0 +1,105 @@
+//! `tidings-bench`: tidings side by side with a bare-lapin baseline, scenario by scenario, in
+//! one run (see the library of this crate). Build it in release for real figures:
+//! `cargo run --release -p tidings-bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tidings_bench::{self as bench, BenchConfig};
+
+/// Benchmark tidings against a bare-lapin baseline on a broker; print the table.
+#[derive(Debug, Parser)]
+#[command(name = "tidings-bench", version, about)]
+struct BenchArgs {
+    /// Broker URL. On the default local broker each run gets a private vhost
+    /// (tidings-bench-<uuid>, made and deleted with rabbitmqctl).
+    #[arg(long, env = "TIDINGS_TRANSPORT_URL", default_value = bench::DEFAULT_URL)]
+    url: String,
+    /// Seconds each side of each scenario runs, per round.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Rounds per scenario, alternating which side goes first; the best of each side counts.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Calls held in flight in the memory section (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    inflight: usize,
+    /// A short run (0.2 s per side, one round, 1000 calls in flight), for smoke tests.
+    #[arg(long)]
+    quick: bool,
+    /// Only scenarios whose name starts with this (repeatable), e.g. --only call-1 --only cast/json.
+    #[arg(long, value_name = "PREFIX")]
+    only: Vec<String>,
+    /// Run one side only (tidings or baseline), e.g. under a profiler; ratios need both.
+    #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
+    side: Option<String>,
+    /// Also write {scenario: {tidings, baseline, ratio, unit}} (and "memory") as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Exit code of a command line that does not parse (EX_USAGE), as `tidings` uses.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = match BenchArgs::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_bench(args))
+}
+
+/// Runs the benchmark and prints the table; exit 1 when a scenario fails.
+async fn run_bench(args: BenchArgs) -> ExitCode {
+    let mut config = BenchConfig {
+        url: args.url,
+        duration: Duration::from_secs_f64(args.duration.max(0.01)),
+        rounds: args.rounds.max(1),
+        inflight: args.inflight,
+        only: args.only,
+        side: args.side,
+    };
+    if args.quick {
+        config.duration = Duration::from_millis(200);
+        config.rounds = 1;
+        config.inflight = config.inflight.min(1_000);
+    }
+    let report = match bench::run(&config).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table(&config));
+    if let Some(path) = &args.json {
+        let text = match serde_json::to_string_pretty(&report.json()) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(error) = std::fs::write(path, text + "\n") {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

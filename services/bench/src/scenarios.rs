@@ -1,0 +1,288 @@
+//! The scenarios through tidings, as an application uses it: an RPC server with an endpoint
+//! method, an `RpcClient`, a `Notifier`, a `NotificationListener` in batches, and the metering
+//! collector over SQLite. Client and server always have transports (connections) of their own,
+//! as two processes would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tidings::notify::{NotificationEndpoint, NotificationListener, Notifier, Outcome, Priority};
+use tidings::rpc::{Endpoint, RpcClient, RpcServer};
+use tidings::transport::TransportOptions;
+use tidings::{Context, RemoteError, Target, Transport};
+use tokio::sync::watch;
+
+use super::harness::{
+    self, BenchError, Result, Tally, Wire, BATCH, BATCH_TIMEOUT, SAMPLES_PER_NOTIFICATION,
+};
+use super::{Env, MemoryReport, Scenario};
+use tidings_metering::collector::{self, Collector, CollectorConfig};
+use tidings_metering::store::SqliteStore;
+
+/// Rounds of `inflight` calls in the memory section.
+pub(crate) const MEMORY_ROUNDS: usize = 3;
+
+/// How long the memory section waits after a round's calls returned before measuring.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long servers and listeners get to drain when a run ends.
+const STOP: Duration = Duration::from_secs(5);
+
+/// Runs `scenario` through tidings; returns its figure (µs per call, or per second).
+pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64> {
+    match scenario {
+        Scenario::Call1 => rpc(env, wire, false).await,
+        Scenario::Call64 => rpc(env, wire, true).await,
+        Scenario::Cast => cast(env, wire, 1).await,
+        Scenario::Fanout3 => cast(env, wire, 3).await,
+        Scenario::NotifyBatch => notify_batch(env, wire).await,
+        Scenario::Ingest => ingest(env, wire).await,
+    }
+}
+
+async fn transport(env: &Env, wire: Wire) -> Result<Transport> {
+    let options = TransportOptions {
+        codec: wire.codec(),
+        ..TransportOptions::default()
+    };
+    Ok(Transport::connect_with(env.url.clone(), options).await?)
+}
+
+/// The keyword arguments of `echo` and `note`.
+#[derive(Deserialize)]
+struct Args {
+    payload: Value,
+}
+
+async fn echo(_context: Context, args: Args) -> Result<Value, RemoteError> {
+    Ok(args.payload)
+}
+
+/// An endpoint whose `note` method counts its calls in `tally`.
+fn counting_endpoint(tally: Arc<Tally>) -> Endpoint {
+    Endpoint::new().method("note", move |_context: Context, _args: Args| {
+        let tally = tally.clone();
+        async move {
+            tally.add(1);
+            Ok::<_, RemoteError>(())
+        }
+    })
+}
+
+fn arguments() -> Value {
+    json!({ "payload": harness::payload() })
+}
+
+/// `call-1` (latency, one call at a time) and `call-64` (throughput, 64 in flight).
+async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
+    let server_transport = transport(env, wire).await?;
+    let client_transport = transport(env, wire).await?;
+    let topic = env.name("call");
+    let server = RpcServer::builder(&server_transport, Target::topic(&topic))
+        .endpoint(Endpoint::new().method("echo", echo))
+        .start()
+        .await?;
+    let client =
+        RpcClient::new(&client_transport, Target::topic(&topic)).timeout(Duration::from_secs(30));
+    let context = Context::from(harness::context());
+    let args = arguments();
+    let (client, context, args) = (&client, &context, &args);
+    let call = move || async move {
+        let _: Value = client.call(context, "echo", args).await?;
+        Ok(())
+    };
+    let result = env.calls(concurrent, call).await;
+    server.stop(STOP).await;
+    client_transport.close().await;
+    server_transport.close().await;
+    result
+}
+
+/// `cast` (one server) and `fanout-3` (three servers, each on a transport of its own; every
+/// cast is delivered to each).
+async fn cast(env: &Env, wire: Wire, servers: u64) -> Result<f64> {
+    let tally = Arc::new(Tally::default());
+    let topic = env.name("cast");
+    let mut running = Vec::new();
+    for _ in 0..servers {
+        let transport = transport(env, wire).await?;
+        let server = RpcServer::builder(&transport, Target::topic(&topic))
+            .endpoint(counting_endpoint(tally.clone()))
+            .start()
+            .await?;
+        running.push((transport, server));
+    }
+    let client_transport = transport(env, wire).await?;
+    let client = RpcClient::new(
+        &client_transport,
+        Target::topic(&topic).with_fanout(servers > 1),
+    );
+    let context = Context::from(harness::context());
+    let args = arguments();
+    let (client, context, args) = (&client, &context, &args);
+    let publish = move |_| async move {
+        client.cast(context, "note", args).await?;
+        Ok(())
+    };
+    let result = env.pump(servers, &tally, publish).await;
+    for (transport, server) in running {
+        server.stop(STOP).await;
+        transport.close().await;
+    }
+    client_transport.close().await;
+    result
+}
+
+/// `notify-batch`: a notifier, and a listener taking batches of [`BATCH`].
+async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
+    let tally = Arc::new(Tally::default());
+    let topic = env.name("notify");
+    let listener_transport = transport(env, wire).await?;
+    let counted = tally.clone();
+    let endpoint = NotificationEndpoint::new().on_batch(Priority::Info, move |batch| {
+        let counted = counted.clone();
+        async move {
+            counted.add(batch.len() as u64);
+            Ok::<_, std::convert::Infallible>(Outcome::Handled)
+        }
+    });
+    let listener = NotificationListener::builder(&listener_transport, vec![Target::topic(&topic)])
+        .endpoint(endpoint)
+        .batch(BATCH, BATCH_TIMEOUT)
+        .start()
+        .await?;
+    let notifier_transport = transport(env, wire).await?;
+    let notifier = Notifier::new(&notifier_transport, "bench.host").topics([topic.clone()]);
+    let context = Context::from(harness::context());
+    let (notifier, context) = (&notifier, &context);
+    let publish = move |_| async move {
+        notifier
+            .info(context, "bench.event", harness::payload())
+            .await?;
+        Ok(())
+    };
+    let result = env.pump(1, &tally, publish).await;
+    listener.stop(STOP).await;
+    notifier_transport.close().await;
+    listener_transport.close().await;
+    result
+}
+
+/// `ingest`: sample notifications (`telemetry.polling`, [`SAMPLES_PER_NOTIFICATION`] samples
+/// each) through the collector into a SQLite file; counts samples stored.
+async fn ingest(env: &Env, wire: Wire) -> Result<f64> {
+    let database = env.scratch_file("collector.sqlite");
+    let store = Arc::new(SqliteStore::open(&database).await?);
+    let collector_transport = transport(env, wire).await?;
+    let config = CollectorConfig {
+        batch_size: BATCH,
+        batch_timeout: BATCH_TIMEOUT,
+        stop_deadline: STOP,
+        ..CollectorConfig::default()
+    };
+    let running = Collector::start(&collector_transport, store, config).await?;
+    // The collector counts what it stored; the pump waits on a tally.
+    let tally = Arc::new(Tally::default());
+    let mut report = running.subscribe();
+    let stored = tally.clone();
+    let forward = tokio::spawn(async move {
+        while report.changed().await.is_ok() {
+            let now = report.borrow_and_update().stored;
+            stored.raise_to(now);
+        }
+    });
+    let notifier_transport = transport(env, wire).await?;
+    let notifier = Notifier::new(&notifier_transport, "bench.polling")
+        .exchange(collector::EXCHANGE)
+        .topics([collector::POLLING_TOPIC]);
+    let context = Context::new();
+    let (notifier, context) = (&notifier, &context);
+    let publish = move |_| async move {
+        let payload = harness::samples_payload(SAMPLES_PER_NOTIFICATION);
+        notifier
+            .sample(context, tidings_metering::polling::EVENT_TYPE, payload)
+            .await?;
+        Ok(())
+    };
+    let copies = SAMPLES_PER_NOTIFICATION as u64;
+    let result = env.pump(copies, &tally, publish).await;
+    running.stop().await;
+    forward.abort();
+    notifier_transport.close().await;
+    collector_transport.close().await;
+    env.remove_scratch(&database);
+    result
+}
+
+/// The memory section: RSS of an idle agent (a transport serving RPC and one holding a reply
+/// queue, in this process), then [`MEMORY_ROUNDS`] times: RSS with `inflight` calls waiting in a
+/// handler at once, and after they all returned. Bounded means the later rounds level off
+/// (the allocator keeps freed memory for reuse, so RSS does not fall back to idle).
+pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
+    let wire = Wire::Json;
+    let server_transport = transport(env, wire).await?;
+    let client_transport = transport(env, wire).await?;
+    let topic = env.name("memory");
+    let arrived = Arc::new(Tally::default());
+    let (gate, opened) = watch::channel(false);
+    let hold = {
+        let arrived = arrived.clone();
+        move |_context: Context, _args: Value| {
+            let arrived = arrived.clone();
+            let mut opened = opened.clone();
+            async move {
+                arrived.add(1);
+                let _ = opened.wait_for(|open| *open).await;
+                Ok::<_, RemoteError>(())
+            }
+        }
+    };
+    // Every call is dispatched at once, so all of them are in flight on both sides.
+    let server = RpcServer::builder(&server_transport, Target::topic(&topic))
+        .endpoint(Endpoint::new().method("echo", echo).method("hold", hold))
+        .max_concurrency(inflight)
+        .start()
+        .await?;
+    let client =
+        RpcClient::new(&client_transport, Target::topic(&topic)).timeout(Duration::from_secs(120));
+    let context = Context::from(harness::context());
+    let args = arguments();
+    let _: Value = client.call(&context, "echo", &args).await?;
+    let mut report = MemoryReport {
+        inflight,
+        idle_kib: harness::rss_kib(),
+        ..MemoryReport::default()
+    };
+    for _round in 0..MEMORY_ROUNDS {
+        gate.send_replace(false);
+        let base = arrived.get();
+        let mut calls: FuturesUnordered<_> = (0..inflight)
+            .map(|_| client.call::<Value>(&context, "hold", json!({})))
+            .collect();
+        let finish = async {
+            while let Some(done) = calls.next().await {
+                done?;
+            }
+            Ok::<_, BenchError>(())
+        };
+        let peak = async {
+            arrived.wait_for(base + inflight as u64).await?;
+            let rss = harness::rss_kib();
+            gate.send_replace(true);
+            Ok::<_, BenchError>(rss)
+        };
+        let ((), rss) = tokio::try_join!(finish, peak)?;
+        report.inflight_kib.push(rss);
+        // Measured once the server's side has settled too (its last replies confirmed).
+        tokio::time::sleep(SETTLE).await;
+        report.after_kib.push(harness::rss_kib());
+    }
+    report.peak_kib = harness::peak_rss_kib();
+    server.stop(STOP).await;
+    client_transport.close().await;
+    server_transport.close().await;
+    Ok(report)
+}

@@ -1,0 +1,91 @@
+//! `tidings-bench --quick` against the machine's RabbitMQ: the table has every scenario with
+//! both figures and a ratio, the JSON file has the same keys, and the memory section is there.
+//! No speed thresholds: figures on a shared CI machine say nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+const SCENARIOS: [&str; 6] = [
+    "call-1",
+    "call-64",
+    "cast",
+    "fanout-3",
+    "notify-batch",
+    "ingest",
+];
+
+#[test]
+fn quick_bench_prints_the_table_and_writes_the_json() {
+    let json_path = std::env::temp_dir().join(format!(
+        "tidings-bench-smoke-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    // The default URL: the bench makes (and deletes) a private vhost for the run.
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(["--quick", "--json"])
+        .arg(&json_path)
+        .env_remove("TIDINGS_TRANSPORT_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
+    // Progress went to stderr, one step per side of each scenario.
+    assert!(stderr.contains("call-1/json: tidings"), "{stderr}");
+
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("scenario"))
+        .expect("a header line");
+    for column in ["tidings", "baseline", "unit", "ratio"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(stdout.contains("lower is better") && stdout.contains("higher is better"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json_path);
+    let object = json.as_object().unwrap();
+    for scenario in SCENARIOS {
+        for codec in ["json", "msgpack"] {
+            let name = format!("{scenario}/{codec}");
+            // A table row: name, two figures, a unit (one or more words), a ratio.
+            let row = stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("no row for {name} in\n{stdout}"));
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            assert!(fields.len() >= 5, "{row}");
+            for figure in [fields[1], fields[2], fields[fields.len() - 1]] {
+                let n: f64 = figure.parse().unwrap_or_else(|_| panic!("{row}"));
+                assert!(n.is_finite() && n > 0.0, "{row}");
+            }
+            let entry = object
+                .get(&name)
+                .unwrap_or_else(|| panic!("no {name} in the JSON"));
+            for key in ["tidings", "baseline", "ratio"] {
+                let n = entry[key]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{name}.{key}"));
+                assert!(n.is_finite() && n > 0.0, "{name}.{key} = {n}");
+            }
+            assert!(entry["unit"].is_string(), "{name}.unit");
+            let ratio = entry["tidings"].as_f64().unwrap() / entry["baseline"].as_f64().unwrap();
+            assert!((ratio - entry["ratio"].as_f64().unwrap()).abs() < 1e-9);
+        }
+    }
+    assert_eq!(
+        object.len(),
+        SCENARIOS.len() * 2 + 1,
+        "scenarios and memory"
+    );
+
+    // The memory section: idle, then in flight and after, round by round.
+    assert!(stdout.contains("memory (VmRSS"), "{stdout}");
+    let memory = &json["memory"];
+    assert!(memory["idle_kib"].as_u64().unwrap() > 0);
+    let rounds = memory["inflight_kib"].as_array().unwrap().len();
+    assert!(rounds >= 2, "{memory}");
+    assert_eq!(memory["after_kib"].as_array().unwrap().len(), rounds);
+}

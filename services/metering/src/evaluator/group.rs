@@ -1,0 +1,132 @@
+//! **Contract**: the evaluator group on the bus, its names in [`EXCHANGE`], [`TOPIC`],
+//! [`HEARTBEAT`] and [`LEAVE`]: each evaluator serves the topic `alarm_evaluator` of
+//! exchange `aodh` with an RPC server named by its member id, and announces itself to every
+//! other by fanout casts there: `heartbeat(member_id, joined_at_ms, sent_at_ms,
+//! evaluation_interval_ms)` on a timer, `leave(member_id, last_cycle, sent_at_ms)` on a clean
+//! stop. Its own casts come back to it too, so every evaluator records the same heartbeats in
+//! its [`Membership`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tidings::rpc::{Endpoint, RpcClient, RpcError, RpcServer};
+use tidings::transport::TransportError;
+use tidings::{Context, RemoteError, Target, Transport};
+
+use super::config::Clock;
+use super::membership::{Heartbeat, Leave, Membership};
+
+/// Exchange of the evaluator group.
+pub const EXCHANGE: &str = "aodh";
+/// Topic of the evaluator group (Aodh's partitioning group name).
+pub const TOPIC: &str = "alarm_evaluator";
+/// The fanout cast each member sends on a timer.
+pub const HEARTBEAT: &str = "heartbeat";
+/// The fanout cast a member sends when it stops cleanly.
+pub const LEAVE: &str = "leave";
+
+/// How long a stopping group waits for heartbeats being handled.
+const STOP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Membership shared between the RPC handlers and the evaluation cycles.
+pub(crate) type SharedMembership = Arc<Mutex<Membership>>;
+
+/// Runs `f` on the membership; a poisoned lock is still usable (the data is plain records).
+pub(crate) fn with_membership<T>(
+    membership: &SharedMembership,
+    f: impl FnOnce(&mut Membership) -> T,
+) -> T {
+    f(&mut membership.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// This evaluator's place in the group.
+#[derive(Debug)]
+pub(crate) struct Group {
+    member_id: String,
+    joined_at_ms: i64,
+    interval_ms: i64,
+    clock: Clock,
+    /// Taken out when the group is left or closed.
+    server: Mutex<Option<RpcServer>>,
+    fanout: RpcClient,
+}
+
+impl Group {
+    /// Starts listening for the group's heartbeats, recording them in `membership`.
+    pub(crate) async fn join(
+        transport: &Transport,
+        member_id: String,
+        interval: Duration,
+        clock: Clock,
+        membership: SharedMembership,
+    ) -> Result<Self, TransportError> {
+        let on_beat = membership.clone();
+        let on_leave = membership;
+        let endpoint = Endpoint::new()
+            .method(HEARTBEAT, move |_ctx: Context, beat: Heartbeat| {
+                with_membership(&on_beat, |m| m.record_heartbeat(&beat));
+                async { Ok::<(), RemoteError>(()) }
+            })
+            .method(LEAVE, move |_ctx: Context, leave: Leave| {
+                tracing::info!(member = %leave.member_id, last_cycle = leave.last_cycle, "alarm evaluator left");
+                with_membership(&on_leave, |m| m.record_leave(&leave));
+                async { Ok::<(), RemoteError>(()) }
+            });
+        let target = Target::topic(TOPIC).with_exchange(EXCHANGE);
+        let server = RpcServer::builder(transport, target.clone().with_server(member_id.clone()))
+            .endpoint(endpoint)
+            .start()
+            .await?;
+        // Stamped once the queue exists: from here on this member hears every heartbeat.
+        let joined_at_ms = clock.now_ms();
+        Ok(Self {
+            member_id,
+            joined_at_ms,
+            interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            clock,
+            server: Mutex::new(Some(server)),
+            fanout: RpcClient::new(transport, target.with_fanout(true)),
+        })
+    }
+
+    /// This evaluator's member id.
+    pub(crate) fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// Announces this member to the group.
+    pub(crate) async fn heartbeat(&self) -> Result<(), RpcError> {
+        let beat = Heartbeat {
+            member_id: self.member_id.clone(),
+            joined_at_ms: self.joined_at_ms,
+            sent_at_ms: self.clock.now_ms(),
+            evaluation_interval_ms: self.interval_ms,
+        };
+        self.fanout.cast(&Context::new(), HEARTBEAT, &beat).await
+    }
+
+    /// Tells the group this member evaluates no cycle after `last_cycle`, then stops listening.
+    pub(crate) async fn leave(&self, last_cycle: u64) {
+        let leave = Leave {
+            member_id: self.member_id.clone(),
+            last_cycle,
+            sent_at_ms: self.clock.now_ms(),
+        };
+        if let Err(error) = self.fanout.cast(&Context::new(), LEAVE, &leave).await {
+            tracing::warn!(%error, member = %self.member_id, "could not announce leaving; the group will notice the silence");
+        }
+        self.close().await;
+    }
+
+    /// Stops listening without a word, as a crashed evaluator would.
+    pub(crate) async fn close(&self) {
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(server) = server {
+            server.stop(STOP_DEADLINE).await;
+        }
+    }
+}

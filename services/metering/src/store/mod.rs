@@ -1,0 +1,185 @@
+//! Storage of samples and alarms behind one trait, so every agent works on SQLite (embedded,
+//! the default) or PostgreSQL (for deployments that outgrow one machine) alike.
+//!
+//! [`open`] picks the backend from a URL:
+//! - `sqlite://PATH` — a database file (`sqlite:///var/lib/tidings/metering.sqlite` is absolute,
+//!   `sqlite://metering.sqlite` relative), created with its directories if missing;
+//! - `sqlite::memory:` — a private in-memory database, for tests and demos;
+//! - `postgres://…` / `postgresql://…` — libpq's URL; see [`postgres`].
+//!
+//! The default, [`default_url`], is a file in the user's data directory:
+//! `$TIDINGS_DATA_DIR/metering.sqlite`, else `$XDG_DATA_HOME/tidings/metering.sqlite`, else
+//! `$HOME/.local/share/tidings/metering.sqlite`, else `./tidings-metering.sqlite`.
+//!
+//! Statistics follow Ceilometer's v2 API over its SQL driver: with period 0, one bucket per
+//! unit over every matching sample, whose `period_start`/`period_end` are the first and last
+//! sample's times; with period N, buckets of N seconds from the query's start (or the first
+//! matching sample's time), empty ones left out. Two differences, on purpose: `end` is
+//! inclusive (Ceilometer's default is `<`), and a sample at the very end of the range is always
+//! counted (Ceilometer's period iterator can drop it, and drops everything when the first and
+//! last sample coincide).
+//!
+//! [`manifold`] offers a store to an agent's other manifolds.
+//!
+//! `list_meters` is a `DISTINCT` over the samples (indexed by resource); a deployment with
+//! very many samples would want a meters table maintained on insert.
+
+mod config;
+mod manifold;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use config::StoreConfig;
+pub use manifold::manifold;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use super::model::{
+    Alarm, AlarmChange, AlarmState, MeterInfo, Sample, Statistics, StatisticsQuery,
+};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store URL is not `sqlite://PATH`, `sqlite::memory:` or `postgres://…`.
+    #[error("unsupported store URL {0:?}: expected sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// No such alarm.
+    #[error("no alarm {0}")]
+    NoSuchAlarm(String),
+    /// An alarm with that id is already stored.
+    #[error("alarm {0} already exists")]
+    AlarmExists(String),
+    /// The database failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// What every metering store offers.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores samples in one transaction; a sample whose `message_id` is already stored is
+    /// skipped. Returns how many were new.
+    async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError>;
+
+    /// Statistics buckets over the matching samples, computed by the database. With a period,
+    /// buckets are aligned on `start` (or the first sample) and empty buckets are left out.
+    async fn statistics(&self, query: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError>;
+
+    /// Meters seen, for one resource or all.
+    async fn meters(&self, resource_id: Option<&str>) -> Result<Vec<MeterInfo>, StoreError>;
+
+    /// Stores a new alarm and its `creation` history entry.
+    async fn create_alarm(&self, alarm: &Alarm) -> Result<(), StoreError>;
+
+    /// Every alarm.
+    async fn alarms(&self) -> Result<Vec<Alarm>, StoreError>;
+
+    /// One alarm.
+    async fn alarm(&self, alarm_id: &str) -> Result<Alarm, StoreError>;
+
+    /// Deletes an alarm and its history.
+    async fn delete_alarm(&self, alarm_id: &str) -> Result<(), StoreError>;
+
+    /// Records a state change (alarm row and history entry together).
+    async fn set_state(&self, change: &AlarmChange) -> Result<(), StoreError>;
+
+    /// An alarm's history, oldest first.
+    async fn history(&self, alarm_id: &str) -> Result<Vec<AlarmChange>, StoreError>;
+}
+
+/// The current state of an alarm (helper for evaluators).
+pub async fn current_state(store: &dyn Store, alarm_id: &str) -> Result<AlarmState, StoreError> {
+    Ok(store.alarm(alarm_id).await?.state)
+}
+
+/// Opens the store named by `url` (see the module docs for the forms), creating its tables if
+/// they are missing.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let url = url.trim();
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(Arc::new(SqliteStore::open_in_memory().await?));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        }
+        return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
+    }
+    Err(StoreError::UnsupportedUrl(redact(url)))
+}
+
+/// The default store URL: `sqlite://` and [`default_sqlite_path`].
+pub fn default_url() -> String {
+    format!("sqlite://{}", default_sqlite_path().display())
+}
+
+/// Where the embedded store lives by default: `$TIDINGS_DATA_DIR/metering.sqlite`, else
+/// `$XDG_DATA_HOME/tidings/metering.sqlite`, else `$HOME/.local/share/tidings/metering.sqlite`,
+/// else `tidings-metering.sqlite` in the working directory.
+pub fn default_sqlite_path() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("TIDINGS_DATA_DIR") {
+        return dir.join("metering.sqlite");
+    }
+    if let Some(dir) = var("XDG_DATA_HOME") {
+        return dir.join("tidings").join("metering.sqlite");
+    }
+    if let Some(home) = var("HOME") {
+        return home.join(".local/share/tidings/metering.sqlite");
+    }
+    PathBuf::from("tidings-metering.sqlite")
+}
+
+/// `url` without its password, for logs, errors and reports.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_leave_redact() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/metering"),
+            "postgres://app:***@db:5432/metering"
+        );
+        assert_eq!(redact("postgres://app@db/m"), "postgres://app@db/m");
+        assert_eq!(redact("sqlite:///var/x.sqlite"), "sqlite:///var/x.sqlite");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused() {
+        let error = open("mysql://u:pw@h/db").await.unwrap_err();
+        assert!(matches!(error, StoreError::UnsupportedUrl(ref u) if !u.contains("pw")));
+        assert!(open("sqlite://").await.is_err());
+    }
+}

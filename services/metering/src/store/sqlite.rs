@@ -1,0 +1,449 @@
+//! The embedded store: SQLite through rusqlite, in WAL mode.
+//!
+//! SQLite calls block, so none runs on the async workers: the store owns a writer thread (one
+//! connection, every write, each `record` one transaction) and, for a file, a reader thread
+//! (its own connection; WAL lets it read while the writer writes). Callers send jobs over a
+//! bounded channel and await the answer, so a burst of writes queues instead of piling up
+//! threads. `sqlite::memory:` is one private database on one thread (an in-memory database is
+//! per connection).
+//!
+//! Durability: `synchronous=NORMAL`, SQLite's advice for WAL: a committed batch survives a
+//! crash of the process; a power cut may lose the last batches, never corrupt the file.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql::{self, Param, SampleRow, StatsRow, SAMPLE_COLUMNS};
+use super::{Store, StoreError};
+use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS samples (
+    message_id TEXT PRIMARY KEY,
+    meter TEXT NOT NULL,
+    counter_type TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    volume REAL NOT NULL,
+    source TEXT NOT NULL,
+    user_id TEXT,
+    project_id TEXT,
+    resource_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    resource_metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts);
+CREATE INDEX IF NOT EXISTS samples_resource ON samples (resource_id);
+CREATE TABLE IF NOT EXISTS alarms (
+    alarm_id TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarm_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alarm_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarm_history_alarm ON alarm_history (alarm_id, seq);
+";
+
+/// Jobs queued per thread before callers wait.
+const QUEUE: usize = 64;
+
+/// How long a connection waits for another's lock before failing.
+const BUSY_TIMEOUT_MS: u32 = 5_000;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The channel to one SQLite thread.
+#[derive(Clone)]
+struct DbThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl DbThread {
+    /// Starts a thread that opens its connection with `open` and then runs jobs until every
+    /// sender is gone.
+    async fn start(
+        name: &str,
+        open: impl FnOnce() -> rusqlite::Result<Connection> + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
+        let (opened, is_open) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut conn = match open() {
+                    Ok(conn) => {
+                        let _ = opened.send(Ok(()));
+                        conn
+                    }
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                while let Some(job) = queue.blocking_recv() {
+                    // A panicking job drops its answer channel (the caller sees an error);
+                    // the thread and its connection carry on.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the SQLite thread: {e}")))?;
+        match is_open.await {
+            Ok(Ok(())) => Ok(Self { jobs }),
+            Ok(Err(error)) => Err(backend(error)),
+            Err(_) => Err(StoreError::Backend(
+                "the SQLite thread died while opening".into(),
+            )),
+        }
+    }
+
+    /// Runs `work` on the thread and returns its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = answer.send(work(conn));
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the SQLite thread has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Backend("a SQLite job failed without an answer".into()))?
+    }
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    location: String,
+    writer: DbThread,
+    reader: DbThread,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if needed) the database file at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path: PathBuf = path.as_ref().to_owned();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let write_path = path.clone();
+        let writer = DbThread::start("metering-sqlite-writer", move || {
+            let conn = Connection::open(&write_path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            prepare(&conn)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await?;
+        let read_path = path.clone();
+        let reader = DbThread::start("metering-sqlite-reader", move || {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(&read_path, flags)?;
+            prepare(&conn)?;
+            Ok(conn)
+        })
+        .await?;
+        Ok(Self {
+            location: path.display().to_string(),
+            writer,
+            reader,
+        })
+    }
+
+    /// A fresh private in-memory database (gone when the store is dropped).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let thread = DbThread::start("metering-sqlite-memory", || {
+            let conn = Connection::open_in_memory()?;
+            prepare(&conn)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await?;
+        Ok(Self {
+            location: ":memory:".to_owned(),
+            writer: thread.clone(),
+            reader: thread,
+        })
+    }
+}
+
+fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(u64::from(BUSY_TIMEOUT_MS)))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {error}"))
+}
+
+fn question(n: usize) -> String {
+    format!("?{n}")
+}
+
+fn to_sql(param: &Param) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match param {
+        Param::Text(s) => V::Text(s.clone()),
+        Param::Int(i) => V::Integer(*i),
+        Param::OptInt(i) => i.map_or(V::Null, V::Integer),
+    }
+}
+
+fn load_alarm(conn: &Connection, alarm_id: &str) -> Result<Alarm, StoreError> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM alarms WHERE alarm_id = ?1",
+            [alarm_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match body {
+        Some(body) => sql::from_json(&body),
+        None => Err(StoreError::NoSuchAlarm(alarm_id.to_owned())),
+    }
+}
+
+fn insert_change(conn: &Connection, change: &AlarmChange) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO alarm_history (alarm_id, body) VALUES (?1, ?2)",
+        params![change.alarm_id, sql::to_json(change)?],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<SampleRow> = samples.iter().map(SampleRow::new).collect();
+        self.writer
+            .run(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let mut new = 0;
+                {
+                    let mut insert = tx
+                        .prepare_cached(&format!(
+                            "INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES \
+                             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                             ON CONFLICT (message_id) DO NOTHING"
+                        ))
+                        .map_err(backend)?;
+                    for r in &rows {
+                        new += insert
+                            .execute(params![
+                                r.message_id,
+                                r.meter,
+                                r.counter_type,
+                                r.unit,
+                                r.volume,
+                                r.source,
+                                r.user_id,
+                                r.project_id,
+                                r.resource_id,
+                                r.ts,
+                                r.resource_metadata,
+                            ])
+                            .map_err(backend)?;
+                    }
+                }
+                tx.commit().map_err(backend)?;
+                Ok(new)
+            })
+            .await
+    }
+
+    async fn statistics(&self, query: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError> {
+        let filter = sql::sample_filter(query, question);
+        let periodic = query.period > 0;
+        let text = sql::statistics_sql(&filter, periodic, question);
+        let mut params: Vec<rusqlite::types::Value> = filter.params.iter().map(to_sql).collect();
+        if periodic {
+            params.extend(sql::bucket_params(query).iter().map(to_sql));
+        }
+        let period = query.period;
+        self.reader
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(&text).map_err(backend)?;
+                let rows = statement
+                    .query_map(params_from_iter(params), |row| {
+                        Ok(StatsRow {
+                            bucket: row.get(0)?,
+                            unit: row.get(1)?,
+                            count: row.get(2)?,
+                            sum: row.get(3)?,
+                            avg: row.get(4)?,
+                            min: row.get(5)?,
+                            max: row.get(6)?,
+                            first: row.get(7)?,
+                            last: row.get(8)?,
+                            origin: row.get(9)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.map(|row| sql::to_statistics(row.map_err(backend)?, period))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn meters(&self, resource_id: Option<&str>) -> Result<Vec<MeterInfo>, StoreError> {
+        let resource = resource_id.map(str::to_owned);
+        let text = sql::meters_sql(resource.is_some(), question);
+        self.reader
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(&text).map_err(backend)?;
+                let params: Vec<String> = resource.into_iter().collect();
+                let rows = statement
+                    .query_map(params_from_iter(params), |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, Option<String>>(4)?,
+                            row.get::<_, Option<String>>(5)?,
+                            row.get::<_, String>(6)?,
+                        ))
+                    })
+                    .map_err(backend)?;
+                rows.map(|row| {
+                    let (name, kind, unit, resource, project, user, source) =
+                        row.map_err(backend)?;
+                    sql::meter_info(name, &kind, unit, resource, project, user, source)
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn create_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        let alarm = alarm.clone();
+        self.writer
+            .run(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO alarms (alarm_id, created, body) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (alarm_id) DO NOTHING",
+                        params![
+                            alarm.alarm_id,
+                            sql::micros(&alarm.timestamp),
+                            sql::to_json(&alarm)?
+                        ],
+                    )
+                    .map_err(backend)?;
+                if inserted == 0 {
+                    return Err(StoreError::AlarmExists(alarm.alarm_id));
+                }
+                insert_change(&tx, &sql::creation_change(&alarm))?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn alarms(&self) -> Result<Vec<Alarm>, StoreError> {
+        self.reader
+            .run(|conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT body FROM alarms ORDER BY created, alarm_id")
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .map_err(backend)?;
+                rows.map(|body| sql::from_json(&body.map_err(backend)?))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn alarm(&self, alarm_id: &str) -> Result<Alarm, StoreError> {
+        let alarm_id = alarm_id.to_owned();
+        self.reader
+            .run(move |conn| load_alarm(conn, &alarm_id))
+            .await
+    }
+
+    async fn delete_alarm(&self, alarm_id: &str) -> Result<(), StoreError> {
+        let alarm_id = alarm_id.to_owned();
+        self.writer
+            .run(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let deleted = tx
+                    .execute("DELETE FROM alarms WHERE alarm_id = ?1", [&alarm_id])
+                    .map_err(backend)?;
+                if deleted == 0 {
+                    return Err(StoreError::NoSuchAlarm(alarm_id));
+                }
+                tx.execute("DELETE FROM alarm_history WHERE alarm_id = ?1", [&alarm_id])
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn set_state(&self, change: &AlarmChange) -> Result<(), StoreError> {
+        let change = change.clone();
+        self.writer
+            .run(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let alarm = sql::apply_change(load_alarm(&tx, &change.alarm_id)?, &change);
+                tx.execute(
+                    "UPDATE alarms SET body = ?2 WHERE alarm_id = ?1",
+                    params![alarm.alarm_id, sql::to_json(&alarm)?],
+                )
+                .map_err(backend)?;
+                insert_change(&tx, &change)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn history(&self, alarm_id: &str) -> Result<Vec<AlarmChange>, StoreError> {
+        let alarm_id = alarm_id.to_owned();
+        self.reader
+            .run(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT body FROM alarm_history WHERE alarm_id = ?1 ORDER BY seq",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map([&alarm_id], |row| row.get::<_, String>(0))
+                    .map_err(backend)?;
+                let changes: Vec<AlarmChange> = rows
+                    .map(|body| sql::from_json(&body.map_err(backend)?))
+                    .collect::<Result<_, _>>()?;
+                // Every alarm has its creation entry: no history means no alarm.
+                if changes.is_empty() {
+                    return Err(StoreError::NoSuchAlarm(alarm_id));
+                }
+                Ok(changes)
+            })
+            .await
+    }
+}
