@@ -8,6 +8,14 @@
 //! - [`rpc`] holds the client (`call`, `cast`, fanout), endpoints of plain async fns, and the server.
 //! - [`notify`] holds the notifier and notification listeners (pools, filters, batches).
 //! - [`codec`] holds the oslo JSON envelope (the default) and MessagePack.
+//!
+//! Runnable examples (`cargo run -p tidings --example <name>`), each checking its own outcome:
+//! `tour` (an endpoint of plain async fns and a client), `typed_service` (a contract, a handler
+//! with state, typed calls and casts), `notifications` (a notifier, a filtered listener and a
+//! batch listener), `layered_endpoint` (tower timeout and concurrency layers, a handler reading
+//! its caller's deadline) and `amqp` (the typed service over RabbitMQ).
+
+#![warn(missing_docs)]
 
 pub mod codec;
 pub mod context;

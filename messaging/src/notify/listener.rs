@@ -134,8 +134,8 @@ impl NotificationListenerBuilder {
             }),
         };
         let batch = self.batch;
-        let running = Serving::new(self.max_concurrency)
-            .run(|serving| worker.run(serving, inboxes, batch));
+        let running =
+            Serving::new(self.max_concurrency).run(|serving| worker.run(serving, inboxes, batch));
         Ok(NotificationListener { running })
     }
 }

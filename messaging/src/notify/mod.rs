@@ -11,9 +11,9 @@ mod priority;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use crate::serve::StopReport;
 pub use endpoint::{NotificationEndpoint, Outcome};
 pub use filter::Filter;
-pub use crate::serve::StopReport;
 pub use listener::{
     NotificationListener, NotificationListenerBuilder, DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEUES,

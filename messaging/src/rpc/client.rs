@@ -15,8 +15,8 @@ use tracing::Instrument;
 use super::error::RpcError;
 use super::reply::ReplyRouter;
 use crate::codec::{CallInfo, RequestParts};
-use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
 use crate::trace::TraceParent;
+use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
 use crate::{Context, Target, Version};
 
 /// oslo.messaging's default `rpc_response_timeout`.

@@ -69,12 +69,15 @@ pub trait Contract: 'static {
     const VERSION: Version;
 }
 
+/// The types a [`Method`] stands for, held without owning any value of them.
+type MethodTypes<C, Args, Reply> = PhantomData<fn() -> (C, Args, Reply)>;
+
 /// One method of contract `C`: its name on the wire, its keyword arguments `Args` and its result
 /// `Reply`. Declared as a constant next to the contract, used by both sides.
 pub struct Method<C, Args, Reply> {
     name: &'static str,
     since: Option<Version>,
-    _types: PhantomData<fn() -> (C, Args, Reply)>,
+    _types: MethodTypes<C, Args, Reply>,
 }
 
 impl<C, Args, Reply> Method<C, Args, Reply> {

@@ -163,7 +163,7 @@ fn encode_result<T: Serialize, E: Into<RemoteError>>(
 }
 
 /// Arguments of a method that takes none; accepts an empty keyword map.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
 

@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, RpcReply};
-use crate::transport::{
-    ack_without_waiting, Attachment, Driver, Inbox, Transport, TransportError,
-};
+use crate::transport::{ack_without_waiting, Attachment, Driver, Inbox, Transport, TransportError};
 
 /// The reply queue of a transport, kept as its attachment: opened by the first call, opened
 /// again after the previous one was lost, shut when the transport closes.

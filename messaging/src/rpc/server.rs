@@ -15,17 +15,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
+use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
 
 use super::dispatcher::Dispatcher;
-use super::endpoint::{Endpoint, IntoEndpoint};
+use super::endpoint::{Endpoint, IntoEndpoint, MethodCall, MethodService};
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use crate::serve::{Running, Serving, StopReport};
+use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::transport::{
     ack_without_waiting, topology, ConsumeOptions, Destination, Inbox, OutgoingMessage,
     Subscription, Transport, TransportError,
 };
-use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::{RemoteError, Target};
 
 /// oslo.messaging's default executor pool size.
@@ -55,9 +56,37 @@ pub struct RpcServerBuilder {
     dedup_window: usize,
     reply_retry: Duration,
     cancel_past_deadline: bool,
+    layers: Vec<ServerLayer>,
+}
+
+/// A layer put on every method of every endpoint of a server.
+struct ServerLayer(Box<dyn Fn(Endpoint) -> Endpoint + Send + Sync>);
+
+impl std::fmt::Debug for ServerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerLayer")
+    }
 }
 
 impl RpcServerBuilder {
+    /// Wraps every method of every endpoint of this server in `layer` (metrics, tracing, a
+    /// server-wide limit), whenever the endpoints were added; layers added later wrap earlier
+    /// ones. Errors become remote errors as with [`Endpoint::layer`].
+    #[must_use]
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<MethodService> + Clone + Send + Sync + 'static,
+        L::Service: Service<MethodCall, Response = Value> + Clone + Send + Sync + 'static,
+        <L::Service as Service<MethodCall>>::Error: Into<BoxError>,
+        <L::Service as Service<MethodCall>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(ServerLayer(Box::new(move |endpoint: Endpoint| {
+                endpoint.layer(layer.clone())
+            })));
+        self
+    }
+
     /// Whether a handler still running when its caller's deadline passes is cancelled (default
     /// true). The deadline is the call's timeout as the request's time to live says; casts have
     /// none. Turn this off for handlers that must finish what they started whoever waits.
@@ -122,7 +151,12 @@ impl RpcServerBuilder {
             transport: self.transport,
             cancel_past_deadline: self.cancel_past_deadline,
             target: Arc::new(self.target.clone()),
-            dispatcher: Arc::new(Dispatcher::new(self.endpoints)),
+            dispatcher: Arc::new(Dispatcher::new(
+                self.endpoints
+                    .into_iter()
+                    .map(|endpoint| self.layers.iter().fold(endpoint, |e, layer| (layer.0)(e)))
+                    .collect(),
+            )),
             seen: Arc::new(Mutex::new(RecentIds::new(self.dedup_window))),
             replies: Arc::new(ReplyPolicy {
                 retry_for: self.reply_retry,
@@ -156,6 +190,7 @@ impl RpcServer {
             dedup_window: DEFAULT_DEDUP_WINDOW,
             reply_retry: DEFAULT_REPLY_RETRY,
             cancel_past_deadline: true,
+            layers: Vec::new(),
         }
     }
 
@@ -353,9 +388,7 @@ impl Dispatch {
         // handler's context names it, so calls it makes are this span's children.
         let caller = request.context.trace_parent();
         let trace = caller.map_or_else(TraceParent::new_root, |parent| parent.child());
-        request
-            .context
-            .insert(TRACEPARENT_KEY, trace.to_string());
+        request.context.insert(TRACEPARENT_KEY, trace.to_string());
         let span = tracing::info_span!(
             "rpc.dispatch",
             method = %request.method,

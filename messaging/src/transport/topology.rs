@@ -191,7 +191,8 @@ impl SubscriptionPlan {
                         match queues.iter_mut().find(|q| q.name == name) {
                             Some(queue) => queue.bindings.push((exchange.clone(), key)),
                             None => queues.push(
-                                QueuePlan::new(name, QueueRole::Shared).bound(exchange.clone(), key),
+                                QueuePlan::new(name, QueueRole::Shared)
+                                    .bound(exchange.clone(), key),
                             ),
                         }
                     }
@@ -264,9 +265,7 @@ impl<'a> Route<'a> {
         }
         let queue = QueuePlan::new(self.routing_key.as_ref(), QueueRole::Shared);
         Some(match &self.exchange {
-            Some(exchange) => {
-                queue.bound(exchange.clone().into_owned(), self.routing_key.as_ref())
-            }
+            Some(exchange) => queue.bound(exchange.clone().into_owned(), self.routing_key.as_ref()),
             None => queue,
         })
     }

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Map, Value};
 use tidings::notify::{Notifier, Priority};
-use tidings::rpc::{RpcClient, RpcError};
+use tidings::rpc::{RpcClient, RpcError, ServiceClient};
 use tidings::{Context, Target, Transport};
+use tidings_metering::collector::rpc::{CollectorApi, GetStatistics, GET_STATISTICS};
 use tidings_metering::collector::{
     self, Collector, CollectorConfig, CollectorInputs, CollectorReport,
 };
@@ -245,12 +246,14 @@ async fn collector_stores_valid_samples_and_counts_the_rest(bus: Bus) {
     assert_eq!(tally["rejected"]["bad_timestamp"], 1);
 
     // get_statistics: one bucket, then 60 s buckets on vm-1 from its first sample.
-    let one: Vec<Statistics> = rpc
-        .call(
-            &Context::new(),
-            "get_statistics",
-            json!({"meter": "cpu_util"}),
-        )
+    // The same API through its typed contract: the compiler checks arguments and result.
+    let typed = ServiceClient::<CollectorApi>::from_client(rpc.clone());
+    let args = GetStatistics {
+        meter: "cpu_util".into(),
+        ..GetStatistics::default()
+    };
+    let one = typed
+        .call(&Context::new(), GET_STATISTICS, args)
         .await
         .unwrap();
     assert_eq!(one.len(), 1);

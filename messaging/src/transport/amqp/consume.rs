@@ -453,3 +453,25 @@ impl Acknowledge for AmqpAcker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiration_is_milliseconds_as_text_and_hostile_values_are_none() {
+        assert_eq!(parse_expiration("60000"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_expiration("0"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "1e9",
+            " 10",
+            "99999999999999999999",
+            "86400001",
+        ] {
+            assert_eq!(parse_expiration(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! topology so that Python peers see tidings as one of their own.
 //!
 //! One connection sends (every publish, with publisher confirms) and one listens (servers,
-//! listeners and the reply queue, one channel per subscription). Each is a [`link::Link`] that
+//! listeners and the reply queue, one channel per subscription). Each is a `link::Link` that
 //! reconnects on its own; consumers re-declare and consume again on the new connection, and a
 //! publish that meets a lost connection waits (bounded) for the next one and tries again.
 
@@ -144,7 +144,11 @@ impl AmqpDriver {
             return Ok(());
         }
         match (route.declared_queue(), &route.exchange) {
-            (Some(queue), _) => QueueSpec::of(&queue, &self.options).declare(channel).await?,
+            (Some(queue), _) => {
+                QueueSpec::of(&queue, &self.options)
+                    .declare(channel)
+                    .await?
+            }
             (None, Some(exchange)) => {
                 ExchangeSpec::of(exchange, &self.options)
                     .declare(channel)

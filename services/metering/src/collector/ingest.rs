@@ -4,6 +4,7 @@
 //! Counts reach the shared [`CollectorReport`] only once a batch is settled, so a batch that
 //! is requeued after a storage failure is not counted twice when it comes back.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -45,19 +46,24 @@ impl CollectorReport {
         self.duplicates += tally.duplicates;
         self.bad_signatures += tally.bad_signatures;
         for (kind, n) in &tally.rejected {
-            *self.rejected.entry((*kind).to_owned()).or_default() += n;
+            *self.rejected.entry(kind.to_string()).or_default() += n;
         }
     }
 }
 
-/// The outcome of one batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct Tally {
+/// The outcome of one batch: what `record_metering_data` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Samples received.
     pub received: u64,
+    /// Samples stored.
     pub stored: u64,
+    /// Samples already stored (same message id).
     pub duplicates: u64,
+    /// Samples whose signature did not verify.
     pub bad_signatures: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
+    /// Samples refused, by reason.
+    pub rejected: BTreeMap<Cow<'static, str>, u64>,
 }
 
 /// The pipeline, shared by the listener and the RPC endpoint.
@@ -120,7 +126,10 @@ impl Ingest {
                 Ok(sample) => good.push(sample),
                 Err(rejection) => {
                     tracing::warn!(message_id, %rejection, "invalid sample dropped");
-                    *tally.rejected.entry(rejection.kind()).or_default() += 1;
+                    *tally
+                        .rejected
+                        .entry(Cow::Borrowed(rejection.kind()))
+                        .or_default() += 1;
                 }
             }
         }

@@ -34,7 +34,7 @@ use super::store::Store;
 use ingest::{into_samples, Ingest};
 
 pub use config::CollectorConfig;
-pub use ingest::CollectorReport;
+pub use ingest::{CollectorReport, Tally};
 pub use manifold::{manifold, CollectorInputs};
 
 pub use crate::sample::contract::{EXCHANGE, METERING_TOPIC, POLLING_TOPIC};

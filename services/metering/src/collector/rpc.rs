@@ -1,6 +1,8 @@
-//! **Contract**: the collector's RPC methods (exchange `ceilometer`, topic `metering`,
-//! version 1.0, no namespace): [`GET_STATISTICS`], [`LIST_METERS`] and
-//! [`RECORD_METERING_DATA`]. Callers name them with these constants.
+//! **Contract**: the collector's RPC API, [`CollectorApi`] (exchange `ceilometer`, topic
+//! `metering`, version 1.0, no namespace): [`GET_STATISTICS`], [`LIST_METERS`] and
+//! [`RECORD_METERING_DATA`]. Rust callers use these constants with a
+//! [`ServiceClient<CollectorApi>`](tidings::rpc::ServiceClient); Python callers name the methods
+//! as usual.
 //!
 //! Errors a Python caller can act on are builtins (`ValueError` for a bad time, `TypeError`
 //! for arguments that do not fit); storage failures are `StorageError` from
@@ -9,12 +11,12 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
-use tidings::rpc::Endpoint;
-use tidings::{Context, RemoteError};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use tidings::rpc::{Contract, ContractEndpoint, Method, State};
+use tidings::{Context, RemoteError, Version};
 
-use super::ingest::Ingest;
+use super::ingest::{Ingest, Tally};
 use crate::model::{MeterInfo, Statistics, StatisticsQuery};
 use crate::sample::contract::METERING_TOPIC;
 use crate::sample::parse_timestamp;
@@ -23,40 +25,60 @@ use crate::store::StoreError;
 /// The RPC topic on exchange [`EXCHANGE`](super::EXCHANGE): Ceilometer serves its collector
 /// on the notifier publisher's topic.
 pub const TOPIC: &str = METERING_TOPIC;
+/// The collector's RPC API.
+#[derive(Debug)]
+pub struct CollectorApi;
+
+impl Contract for CollectorApi {
+    const NAMESPACE: Option<&'static str> = None;
+    const VERSION: Version = Version::new(1, 0);
+}
+
 /// Statistics of a meter (period buckets, optional resource, project and time bounds).
-pub const GET_STATISTICS: &str = "get_statistics";
+pub const GET_STATISTICS: Method<CollectorApi, GetStatistics, Vec<Statistics>> =
+    Method::new("get_statistics");
 /// Meters stored, optionally of one resource.
-pub const LIST_METERS: &str = "list_meters";
-/// Stores samples: the old RPC publisher's cast.
-pub const RECORD_METERING_DATA: &str = "record_metering_data";
+pub const LIST_METERS: Method<CollectorApi, ListMeters, Vec<MeterInfo>> =
+    Method::new("list_meters");
+/// Stores samples: the old RPC publisher's cast (a call answers with what became of them).
+pub const RECORD_METERING_DATA: Method<CollectorApi, RecordMeteringData, Tally> =
+    Method::new("record_metering_data");
 
 /// Arguments of `get_statistics`.
-#[derive(Debug, Deserialize)]
-struct GetStatistics {
-    meter: String,
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct GetStatistics {
+    /// The meter's name.
+    pub meter: String,
+    /// Bucket length in seconds; 0 for one bucket over the whole range.
     #[serde(default, deserialize_with = "period")]
-    period: u64,
+    pub period: u64,
+    /// Only samples of this resource.
     #[serde(default)]
-    resource_id: Option<String>,
+    pub resource_id: Option<String>,
+    /// Only samples of this project.
     #[serde(default)]
-    project_id: Option<String>,
+    pub project_id: Option<String>,
+    /// Only samples at or after this ISO 8601 time.
     #[serde(default)]
-    start: Option<String>,
+    pub start: Option<String>,
+    /// Only samples before this ISO 8601 time.
     #[serde(default)]
-    end: Option<String>,
+    pub end: Option<String>,
 }
 
 /// Arguments of `list_meters`.
-#[derive(Debug, Deserialize)]
-struct ListMeters {
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ListMeters {
+    /// Only meters of this resource.
     #[serde(default)]
-    resource_id: Option<String>,
+    pub resource_id: Option<String>,
 }
 
 /// Arguments of `record_metering_data`: a list of samples (or one).
-#[derive(Debug, Deserialize)]
-struct RecordMeteringData {
-    data: Value,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordMeteringData {
+    /// Ceilometer samples, signed by the publisher.
+    pub data: Value,
 }
 
 /// A period given as null, an integer or an integral float (`60.0` from Python), never
@@ -95,51 +117,50 @@ fn storage(error: StoreError) -> RemoteError {
     RemoteError::new("StorageError", "tidings.metering", error.to_string())
 }
 
+async fn get_statistics(
+    State(ingest): State<Arc<Ingest>>,
+    _ctx: Context,
+    args: GetStatistics,
+) -> Result<Vec<Statistics>, RemoteError> {
+    let query = StatisticsQuery {
+        meter: args.meter,
+        period: args.period,
+        resource_id: args.resource_id,
+        project_id: args.project_id,
+        start: time("start", args.start)?,
+        end: time("end", args.end)?,
+    };
+    ingest.store().statistics(&query).await.map_err(storage)
+}
+
+async fn list_meters(
+    State(ingest): State<Arc<Ingest>>,
+    _ctx: Context,
+    args: ListMeters,
+) -> Result<Vec<MeterInfo>, RemoteError> {
+    ingest
+        .store()
+        .meters(args.resource_id.as_deref())
+        .await
+        .map_err(storage)
+}
+
+async fn record_metering_data(
+    State(ingest): State<Arc<Ingest>>,
+    _ctx: Context,
+    args: RecordMeteringData,
+) -> Result<Tally, RemoteError> {
+    let raw = match args.data {
+        Value::Array(samples) => samples,
+        one => vec![one],
+    };
+    ingest.ingest(&raw).await.map_err(storage)
+}
+
 /// The endpoint serving the collector's methods over `ingest`.
-pub(crate) fn endpoint(ingest: Arc<Ingest>) -> Endpoint {
-    let stats = ingest.clone();
-    let meters = ingest.clone();
-    let recorder = ingest;
-    Endpoint::new()
-        .method(GET_STATISTICS, move |_ctx: Context, args: GetStatistics| {
-            let ingest = stats.clone();
-            async move {
-                let query = StatisticsQuery {
-                    meter: args.meter,
-                    period: args.period,
-                    resource_id: args.resource_id,
-                    project_id: args.project_id,
-                    start: time("start", args.start)?,
-                    end: time("end", args.end)?,
-                };
-                let buckets: Vec<Statistics> =
-                    ingest.store().statistics(&query).await.map_err(storage)?;
-                Ok::<_, RemoteError>(buckets)
-            }
-        })
-        .method(LIST_METERS, move |_ctx: Context, args: ListMeters| {
-            let ingest = meters.clone();
-            async move {
-                let found: Vec<MeterInfo> = ingest
-                    .store()
-                    .meters(args.resource_id.as_deref())
-                    .await
-                    .map_err(storage)?;
-                Ok::<_, RemoteError>(found)
-            }
-        })
-        .method(
-            RECORD_METERING_DATA,
-            move |_ctx: Context, args: RecordMeteringData| {
-                let ingest = recorder.clone();
-                async move {
-                    let raw = match args.data {
-                        Value::Array(samples) => samples,
-                        one => vec![one],
-                    };
-                    let tally = ingest.ingest(&raw).await.map_err(storage)?;
-                    Ok::<_, RemoteError>(json!(tally))
-                }
-            },
-        )
+pub(crate) fn endpoint(ingest: Arc<Ingest>) -> ContractEndpoint<CollectorApi, Arc<Ingest>> {
+    ContractEndpoint::with_state(ingest)
+        .handle(GET_STATISTICS, get_statistics)
+        .handle(LIST_METERS, list_meters)
+        .handle(RECORD_METERING_DATA, record_metering_data)
 }

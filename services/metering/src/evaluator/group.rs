@@ -1,5 +1,5 @@
-//! **Contract**: the evaluator group on the bus, its names in [`EXCHANGE`], [`TOPIC`],
-//! [`HEARTBEAT`] and [`LEAVE`]: each evaluator serves the topic `alarm_evaluator` of
+//! **Contract**: the evaluator group on the bus, [`EvaluatorGroupApi`] with its names in
+//! [`EXCHANGE`], [`TOPIC`], [`HEARTBEAT`] and [`LEAVE`]: each evaluator serves the topic `alarm_evaluator` of
 //! exchange `aodh` with an RPC server named by its member id, and announces itself to every
 //! other by fanout casts there: `heartbeat(member_id, joined_at_ms, sent_at_ms,
 //! evaluation_interval_ms)` on a timer, `leave(member_id, last_cycle, sent_at_ms)` on a clean
@@ -9,9 +9,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tidings::rpc::{Endpoint, RpcClient, RpcError, RpcServer};
+use tidings::rpc::{Contract, ContractEndpoint, Method, RpcError, RpcServer, ServiceClient, State};
 use tidings::transport::TransportError;
-use tidings::{Context, RemoteError, Target, Transport};
+use tidings::{Context, RemoteError, Target, Transport, Version};
 
 use super::config::Clock;
 use super::membership::{Heartbeat, Leave, Membership};
@@ -20,10 +20,19 @@ use super::membership::{Heartbeat, Leave, Membership};
 pub const EXCHANGE: &str = "aodh";
 /// Topic of the evaluator group (Aodh's partitioning group name).
 pub const TOPIC: &str = "alarm_evaluator";
+/// The evaluator group's RPC API (no namespace, version 1.0).
+#[derive(Debug)]
+pub struct EvaluatorGroupApi;
+
+impl Contract for EvaluatorGroupApi {
+    const NAMESPACE: Option<&'static str> = None;
+    const VERSION: Version = Version::new(1, 0);
+}
+
 /// The fanout cast each member sends on a timer.
-pub const HEARTBEAT: &str = "heartbeat";
+pub const HEARTBEAT: Method<EvaluatorGroupApi, Heartbeat, ()> = Method::new("heartbeat");
 /// The fanout cast a member sends when it stops cleanly.
-pub const LEAVE: &str = "leave";
+pub const LEAVE: Method<EvaluatorGroupApi, Leave, ()> = Method::new("leave");
 
 /// How long a stopping group waits for heartbeats being handled.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
@@ -48,7 +57,26 @@ pub(crate) struct Group {
     clock: Clock,
     /// Taken out when the group is left or closed.
     server: Mutex<Option<RpcServer>>,
-    fanout: RpcClient,
+    group: ServiceClient<EvaluatorGroupApi>,
+}
+
+async fn heartbeat(
+    State(membership): State<SharedMembership>,
+    _ctx: Context,
+    beat: Heartbeat,
+) -> Result<(), RemoteError> {
+    with_membership(&membership, |m| m.record_heartbeat(&beat));
+    Ok(())
+}
+
+async fn leave(
+    State(membership): State<SharedMembership>,
+    _ctx: Context,
+    leave: Leave,
+) -> Result<(), RemoteError> {
+    tracing::info!(member = %leave.member_id, last_cycle = leave.last_cycle, "alarm evaluator left");
+    with_membership(&membership, |m| m.record_leave(&leave));
+    Ok(())
 }
 
 impl Group {
@@ -60,18 +88,9 @@ impl Group {
         clock: Clock,
         membership: SharedMembership,
     ) -> Result<Self, TransportError> {
-        let on_beat = membership.clone();
-        let on_leave = membership;
-        let endpoint = Endpoint::new()
-            .method(HEARTBEAT, move |_ctx: Context, beat: Heartbeat| {
-                with_membership(&on_beat, |m| m.record_heartbeat(&beat));
-                async { Ok::<(), RemoteError>(()) }
-            })
-            .method(LEAVE, move |_ctx: Context, leave: Leave| {
-                tracing::info!(member = %leave.member_id, last_cycle = leave.last_cycle, "alarm evaluator left");
-                with_membership(&on_leave, |m| m.record_leave(&leave));
-                async { Ok::<(), RemoteError>(()) }
-            });
+        let endpoint = ContractEndpoint::<EvaluatorGroupApi, _>::with_state(membership)
+            .handle(HEARTBEAT, heartbeat)
+            .handle(LEAVE, leave);
         let target = Target::topic(TOPIC).with_exchange(EXCHANGE);
         let server = RpcServer::builder(transport, target.clone().with_server(member_id.clone()))
             .endpoint(endpoint)
@@ -85,7 +104,7 @@ impl Group {
             interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
             clock,
             server: Mutex::new(Some(server)),
-            fanout: RpcClient::new(transport, target.with_fanout(true)),
+            group: ServiceClient::new(transport, target),
         })
     }
 
@@ -102,7 +121,7 @@ impl Group {
             sent_at_ms: self.clock.now_ms(),
             evaluation_interval_ms: self.interval_ms,
         };
-        self.fanout.cast(&Context::new(), HEARTBEAT, &beat).await
+        self.group.fanout(&Context::new(), HEARTBEAT, beat).await
     }
 
     /// Tells the group this member evaluates no cycle after `last_cycle`, then stops listening.
@@ -112,7 +131,7 @@ impl Group {
             last_cycle,
             sent_at_ms: self.clock.now_ms(),
         };
-        if let Err(error) = self.fanout.cast(&Context::new(), LEAVE, &leave).await {
+        if let Err(error) = self.group.fanout(&Context::new(), LEAVE, leave).await {
             tracing::warn!(%error, member = %self.member_id, "could not announce leaving; the group will notice the silence");
         }
         self.close().await;
