@@ -11,10 +11,9 @@
 //! Notifications have their own scripts (`notify_send.py`, `notify_listen.py`) and modules.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,172 +23,21 @@ use tidings::notify::{
     IncomingNotification, NotificationEndpoint, NotificationListener, Notifier, Outcome, Priority,
 };
 use tidings::rpc::{Endpoint, RpcClient, RpcServer};
+use tidings::trace::{TraceParent, TRACEPARENT_KEY};
 use tidings::{Context, RemoteError, Target, Transport, Version};
-use tidings_suites::{eventually, test_endpoint, Bus, Probe};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tidings_suites::python::{self, python, Outcomes, Python};
+use tidings_suites::{eventually, take_trace_parent, test_endpoint, Bus, Probe};
 
-/// The oslo.messaging release `.ci/run` installs.
-const OSLO_MESSAGING_VERSION: &str = "18.3.1";
 const TOPIC: &str = "interop";
 const V13: Version = Version::new(1, 3);
-/// How long a Python process may take to print its next line (start-up included).
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Python processes
 
-/// The Python interpreter with oslo.messaging, checked once; panics (failing the test) when it
-/// is missing or has another version.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let python = std::env::var_os("TIDINGS_INTEROP_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join(".venv/interop/bin/python"));
-        let how_to_fix = format!(
-            "the interop tests need Python with oslo.messaging=={OSLO_MESSAGING_VERSION}: run \
-             .ci/run (it creates .venv/interop and sets TIDINGS_INTEROP_PYTHON), or point \
-             TIDINGS_INTEROP_PYTHON at such an interpreter (tried {})",
-            python.display()
-        );
-        let probe = std::process::Command::new(&python)
-            .args([
-                "-c",
-                "import importlib.metadata as m, oslo_messaging; print(m.version('oslo.messaging'))",
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("{how_to_fix}: cannot run it: {e}"));
-        let version = String::from_utf8_lossy(&probe.stdout).trim().to_owned();
-        assert!(
-            probe.status.success(),
-            "{how_to_fix}: `import oslo_messaging` failed: {}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        assert_eq!(
-            version, OSLO_MESSAGING_VERSION,
-            "{how_to_fix}: found oslo.messaging {version}"
-        );
-        python
-    })
-}
-
-/// A running Python script. Dropping it kills the process (`kill_on_drop`); its stdin stays
-/// open while it lives (or until [`close_stdin`](Self::close_stdin)), and the servers and
-/// listeners stop when it closes, so they end even if this test process is killed outright.
-struct Python {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Python {
-    fn spawn(script: &str, args: &[&str]) -> Self {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("interop")
-            .join(script);
-        let mut child = Command::new(python())
-            .arg(&path)
-            .args(args)
-            .env("PYTHONUNBUFFERED", "1")
-            // No __pycache__ beside the scripts in the work tree.
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let stderr_reader = tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = err_pipe.read(&mut buf).await {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self {
-            what: format!("{script} {}", args.join(" ")),
-            stdin: child.stdin.take(),
-            stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
-            child,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    /// Closes the process's stdin: a server or listener stops cleanly and exits.
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// Waits (briefly) until the process's stderr is read to its end, so a failure report
-    /// after it exited shows everything it wrote.
-    async fn drain_stderr(&mut self) {
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
-        }
-    }
-
-    /// Fails the test with what the process wrote on stderr.
-    fn fail(&self, why: &str) -> ! {
-        let stderr = self.stderr.lock().unwrap().clone();
-        let tail: String = {
-            let chars: Vec<char> = stderr.chars().collect();
-            chars[chars.len().saturating_sub(6000)..].iter().collect()
-        };
-        panic!("{}: {why}\n--- its stderr (end) ---\n{tail}", self.what)
-    }
-
-    /// The next JSON line, or `None` when the process closed its stdout.
-    async fn next_line(&mut self) -> Option<Value> {
-        let line = match tokio::time::timeout(LINE_TIMEOUT, self.stdout.next_line()).await {
-            Ok(Ok(line)) => line?,
-            Ok(Err(e)) => self.fail(&format!("reading its stdout failed: {e}")),
-            Err(_) => self.fail(&format!("printed nothing for {LINE_TIMEOUT:?}")),
-        };
-        match serde_json::from_str(&line) {
-            Ok(value) => Some(value),
-            Err(e) => self.fail(&format!("printed a line that is not JSON ({e}): {line}")),
-        }
-    }
-
-    /// Every remaining line, then the exit status, which must be success.
-    async fn finish(mut self) -> Vec<Value> {
-        let mut lines = Vec::new();
-        while let Some(line) = self.next_line().await {
-            lines.push(line);
-        }
-        let status = tokio::time::timeout(LINE_TIMEOUT, self.child.wait()).await;
-        self.drain_stderr().await;
-        match status {
-            Ok(Ok(status)) if status.success() => lines,
-            Ok(Ok(status)) => self.fail(&format!("exited with {status}")),
-            Ok(Err(e)) => self.fail(&format!("wait failed: {e}")),
-            Err(_) => self.fail("did not exit after closing its stdout"),
-        }
-    }
-}
-
 /// An oslo.messaging RPC server (`tests/interop/rpc_server.py`) named `name` on [`TOPIC`],
 /// ready: its queues exist.
 async fn python_server(bus: &Bus, name: &str) -> Python {
-    let mut server = Python::spawn("rpc_server.py", &[bus.url(), TOPIC, name]);
-    match server.next_line().await {
-        Some(line) if line["event"] == "ready" => server,
-        Some(line) => server.fail(&format!("expected the ready line, got {line}")),
-        None => {
-            server.drain_stderr().await;
-            server.fail("exited before it was ready")
-        }
-    }
+    python::rpc_server(bus, TOPIC, name, &[]).await
 }
 
 /// Starts several Python servers at once (each costs about a second of start-up).
@@ -197,52 +45,10 @@ async fn python_servers<const N: usize>(bus: &Bus, names: [&str; N]) -> Vec<Pyth
     futures::future::join_all(names.map(|name| python_server(bus, name))).await
 }
 
-/// What a Python client run printed, by operation id.
-#[derive(Debug)]
-struct Outcomes(HashMap<String, Value>);
-
-impl Outcomes {
-    fn get(&self, id: &str) -> &Value {
-        self.0
-            .get(id)
-            .unwrap_or_else(|| panic!("no outcome for {id}: {self:#?}"))
-    }
-
-    /// The result of `id`, which must have succeeded.
-    fn result(&self, id: &str) -> &Value {
-        let outcome = self.get(id);
-        assert!(outcome["error"].is_null(), "{id} failed: {outcome:#}");
-        &outcome["result"]
-    }
-
-    /// The error of `id` as Python saw it (class, module, message, args, exc_type, value).
-    fn error(&self, id: &str) -> &Value {
-        let outcome = self.get(id);
-        assert!(
-            outcome.get("error").is_some(),
-            "{id} succeeded: {outcome:#}"
-        );
-        &outcome["error"]
-    }
-}
-
 /// Runs `ops` (see `tests/interop/rpc_client.py`) in order with an oslo.messaging RPC client
 /// on [`TOPIC`].
 async fn python_client(bus: &Bus, ops: Value) -> Outcomes {
-    let count = ops.as_array().map_or(0, Vec::len);
-    let lines = Python::spawn("rpc_client.py", &[bus.url(), TOPIC, &ops.to_string()])
-        .finish()
-        .await;
-    let outcomes: HashMap<String, Value> = lines
-        .into_iter()
-        .map(|line| (line["id"].as_str().unwrap_or_default().to_owned(), line))
-        .collect();
-    assert_eq!(
-        outcomes.len(),
-        count,
-        "one line per operation: {outcomes:#?}"
-    );
-    Outcomes(outcomes)
+    python::rpc_client(bus, TOPIC, ops).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,9 +358,21 @@ mod python_client_to_tidings_server {
             ]),
         )
         .await;
-        // Exactly the caller's keys: `_timeout`, `_msg_id`, `_reply_q` are not context.
-        assert_eq!(outcomes.result("context"), &json!(ctx));
-        assert_eq!(outcomes.result("monitored"), &json!(ctx));
+        // Exactly the caller's keys (`_timeout`, `_msg_id`, `_reply_q` are not context), and a
+        // `traceparent` of the server's span: a Python client sends none, so a new trace.
+        let mut traces = Vec::new();
+        for id in ["context", "monitored"] {
+            let mut seen = Context::from(
+                outcomes
+                    .result(id)
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{id}: not a context")),
+            );
+            traces.push(take_trace_parent(&mut seen).trace_id());
+            assert_eq!(seen, ctx, "{id}");
+        }
+        assert_ne!(traces[0], traces[1], "each call starts its own trace");
         server.stop(Duration::from_secs(5)).await;
     }
 
@@ -834,20 +652,29 @@ mod tidings_client_to_python_server {
         let _python = python_server(&bus, "py1").await;
         let transport = bus.transport().await;
         let client = tidings_client(&transport);
-        let ctx = openstack_context();
-        // The endpoint gets the caller's keys plus `client_timeout`, from the call's `_timeout`.
-        let mut want = ctx.clone().into_map();
-        want.insert("client_timeout".into(), Value::Null);
-        let seen: Map<String, Value> = client.call(&ctx, "context", json!({})).await.unwrap();
+        let parent = TraceParent::new_root();
+        let ctx = openstack_context().with(TRACEPARENT_KEY, parent.to_string());
+        // The endpoint gets the caller's keys plus `client_timeout`, from the call's `_timeout`;
+        // its `traceparent` is the call's span: the caller's trace, untouched by Python.
+        let mut want = ctx.clone();
+        want.remove(TRACEPARENT_KEY);
+        want.insert("client_timeout", Value::Null);
+        let mut seen: Context = client.call(&ctx, "context", json!({})).await.unwrap();
+        let call = take_trace_parent(&mut seen);
         assert_eq!(seen, want);
-        let seen: Map<String, Value> = client
+        assert_eq!(call.trace_id(), parent.trace_id());
+        assert_ne!(call.span_id(), parent.span_id());
+        let mut seen: Context = client
             .prepare()
             .call_monitor_timeout(Duration::from_secs(4))
             .call(&ctx, "context", json!({}))
             .await
             .unwrap();
-        want.insert("client_timeout".into(), json!(4));
+        let monitored = take_trace_parent(&mut seen);
+        want.insert("client_timeout", json!(4));
         assert_eq!(seen, want);
+        assert_eq!(monitored.trace_id(), parent.trace_id());
+        assert_ne!(monitored.span_id(), call.span_id(), "one span per call");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

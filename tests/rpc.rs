@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tidings::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use tidings::rpc::{RpcClient, RpcError, RpcServer};
+use tidings::trace::{TraceParent, TRACEPARENT_KEY};
 use tidings::transport::{Destination, OutgoingMessage};
 use tidings::{Context, Target, Transport, Version};
-use tidings_suites::{eventually, test_endpoint, Bus, Probe};
+use tidings_suites::{eventually, take_trace_parent, test_endpoint, Bus, Probe};
 
 const TOPIC: &str = "suite";
 const V13: Version = Version::new(1, 3);
@@ -55,11 +56,26 @@ pub async fn context_reaches_the_handler(bus: Bus) {
         .with("user", "u1")
         .with("request_id", "req-7")
         .with("roles", json!(["admin"]));
-    let seen: Context = client(&transport)
+    // The handler's context is the caller's plus a `traceparent` naming the server's span: a
+    // new trace when the caller sent none, ...
+    let mut seen: Context = client(&transport)
         .call(&ctx, "context", json!({}))
         .await
         .unwrap();
+    let fresh = take_trace_parent(&mut seen);
     assert_eq!(seen, ctx);
+    // ... the caller's trace when it did.
+    let parent = TraceParent::new_root();
+    let traced = ctx.clone().with(TRACEPARENT_KEY, parent.to_string());
+    let mut seen: Context = client(&transport)
+        .call(&traced, "context", json!({}))
+        .await
+        .unwrap();
+    let child = take_trace_parent(&mut seen);
+    assert_eq!(seen, ctx);
+    assert_eq!(child.trace_id(), parent.trace_id());
+    assert_ne!(child.span_id(), parent.span_id());
+    assert_ne!(fresh.trace_id(), parent.trace_id());
     server.stop(Duration::from_secs(5)).await;
 }
 

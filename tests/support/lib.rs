@@ -1,5 +1,7 @@
 //! Helpers shared by the cross-crate suites: a fresh, isolated bus per test on each transport,
-//! and a small test endpoint.
+//! a small test endpoint, and the Python peers of the interop suites ([`python`]).
+
+pub mod python;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 use tidings::rpc::Endpoint;
+use tidings::trace::{TraceParent, TRACEPARENT_KEY};
 use tidings::{Context, RemoteError, Transport, Version};
 
 /// A bus isolated from every other test: its own memory broker, or on RabbitMQ its own vhost,
@@ -201,4 +204,14 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     condition()
+}
+
+/// Removes the context's `traceparent`, which must hold a valid W3C value, and returns it
+/// parsed; what is left can be compared with the context the caller sent.
+pub fn take_trace_parent(ctx: &mut Context) -> TraceParent {
+    let parent = ctx
+        .trace_parent()
+        .unwrap_or_else(|| panic!("no valid traceparent in {ctx:?}"));
+    ctx.remove(TRACEPARENT_KEY);
+    parent
 }
