@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tidings::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use tidings::rpc::{RpcClient, RpcError, RpcServer};
 use tidings::trace::{TraceParent, TRACEPARENT_KEY};
-use tidings::transport::{Destination, OutgoingMessage};
+use tidings::transport::{Destination, OutgoingMessage, TransportError, TransportOptions};
 use tidings::{Context, Target, Transport, Version};
 use tidings_suites::{eventually, take_trace_parent, test_endpoint, Bus, Probe};
 
@@ -526,6 +526,74 @@ pub async fn keepalives_follow_the_interval_and_stop_at_the_final_reply(bus: Bus
     server.stop(Duration::from_secs(5)).await;
 }
 
+pub async fn a_call_with_an_unusable_timeout_is_refused_with_a_value_error(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    for timeout in [json!(1e20), json!(-1), json!(1e300)] {
+        let replies = raw_call(
+            &transport,
+            "echo",
+            json!({"x": 1}),
+            timeout.clone(),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(replies.len(), 1, "{timeout}: {replies:?}");
+        let failure = replies[0].failure.as_ref().expect("a refusal");
+        assert_eq!(
+            (failure.class.as_str(), failure.module.as_str()),
+            ("ValueError", "builtins")
+        );
+        assert!(failure.message.contains("_timeout"), "{failure:?}");
+    }
+    assert_eq!(server.refusals().malformed, 3);
+    // The server goes on serving.
+    let echoed: Value = client(&transport)
+        .call(&Context::new(), "echo", json!({"x": 2}))
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!(2));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+pub async fn messages_above_the_size_limit_are_refused_on_both_sides(bus: Bus) {
+    let limited = Transport::connect_with(
+        bus.url().parse().unwrap(),
+        TransportOptions::default().max_message_size(4096),
+    )
+    .await
+    .unwrap();
+    let server = serve(&limited, "s1", Arc::default()).await;
+    let big = "x".repeat(8192);
+    // A sender refuses to publish what is over its own limit.
+    let refused = client(&limited)
+        .call::<Value>(&Context::new(), "echo", json!({ "x": big }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            RpcError::Transport(TransportError::MessageTooLarge { limit: 4096, .. })
+        ),
+        "{refused}"
+    );
+    // A receiver drops what is over its limit without decoding it.
+    let unlimited = bus.transport().await;
+    let dropped = client(&unlimited)
+        .timeout(Duration::from_secs(1))
+        .call::<Value>(&Context::new(), "echo", json!({ "x": big }))
+        .await
+        .unwrap_err();
+    assert!(matches!(dropped, RpcError::Timeout { .. }), "{dropped}");
+    assert_eq!(server.refusals().too_large, 1);
+    let echoed: Value = client(&unlimited)
+        .call(&Context::new(), "echo", json!({"x": "small"}))
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!("small"));
+    server.stop(Duration::from_secs(5)).await;
+}
+
 pub async fn no_keepalive_follows_an_error_reply(bus: Bus) {
     let transport = bus.transport().await;
     let server = serve(&transport, "s1", Arc::default()).await;
@@ -633,6 +701,8 @@ macro_rules! rpc_suite {
             msgpack_and_json_clients_share_one_server,
             keepalives_follow_the_interval_and_stop_at_the_final_reply,
             no_keepalive_follows_an_error_reply,
+            a_call_with_an_unusable_timeout_is_refused_with_a_value_error,
+            messages_above_the_size_limit_are_refused_on_both_sides,
             no_keepalive_without_a_call_monitor,
             call_monitor_fails_fast_when_keepalives_stop,
         );

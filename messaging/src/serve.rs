@@ -7,7 +7,8 @@
 //! a reply is retried).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,6 +22,104 @@ pub struct StopReport {
     pub finished: usize,
     /// Units of work cut off at the deadline.
     pub abandoned: usize,
+}
+
+/// Messages a server, listener or reply queue refused without handing them to a handler,
+/// counted by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Bodies larger than the transport's limit, never decoded.
+    pub too_large: u64,
+    /// Bodies that did not decode, or held a field that failed its checks.
+    pub malformed: u64,
+    /// Requests dropped as duplicates of one seen within the window.
+    pub duplicates: u64,
+    /// Replies to no call waiting for them (late, or unsolicited).
+    pub unsolicited: u64,
+}
+
+/// The live counters behind [`Refusals`], shared by a serving loop's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalCounters {
+    too_large: AtomicU64,
+    malformed: AtomicU64,
+    duplicates: AtomicU64,
+    unsolicited: AtomicU64,
+}
+
+/// Why a message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    TooLarge,
+    Malformed,
+    Duplicate,
+    Unsolicited,
+}
+
+impl RefusalCounters {
+    /// Counts one refusal.
+    pub(crate) fn count(&self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::TooLarge => &self.too_large,
+            Refusal::Malformed => &self.malformed,
+            Refusal::Duplicate => &self.duplicates,
+            Refusal::Unsolicited => &self.unsolicited,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub(crate) fn snapshot(&self) -> Refusals {
+        Refusals {
+            too_large: self.too_large.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            unsolicited: self.unsolicited.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Lines of one kind a [`LogLimiter`] lets through per window.
+const LOG_LINES_PER_WINDOW: u32 = 10;
+/// A [`LogLimiter`]'s window.
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Keeps a flood of one kind of failure (a peer sending junk) from flooding the log: a few
+/// lines per window, then silence, then a count of what was left out.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    window: Mutex<LogWindow>,
+}
+
+#[derive(Debug, Default)]
+struct LogWindow {
+    started: Option<tokio::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// Whether a line may be logged now; `Some(n)` with the number of lines left out before it.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = window
+            .started
+            .is_none_or(|started| now.duration_since(started) >= LOG_WINDOW);
+        if expired {
+            let suppressed = std::mem::take(&mut window.suppressed);
+            window.started = Some(now);
+            window.logged = 1;
+            return Some(suppressed);
+        }
+        if window.logged < LOG_LINES_PER_WINDOW {
+            window.logged += 1;
+            Some(0)
+        } else {
+            window.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Work in flight, bounded by slots, on one serving loop.
@@ -148,6 +247,16 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_limiter_lets_a_few_lines_through_per_window_and_counts_the_rest() {
+        let limiter = LogLimiter::default();
+        let admitted = (0..25).filter(|_| limiter.admit().is_some()).count();
+        assert_eq!(admitted, LOG_LINES_PER_WINDOW as usize);
+        tokio::time::advance(LOG_WINDOW).await;
+        assert_eq!(limiter.admit(), Some(15));
+        assert_eq!(limiter.admit(), Some(0));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn stop_reports_finished_and_abandoned_work() {

@@ -56,6 +56,34 @@ pub enum CodecError {
         field: &'static str,
     },
 
+    /// The body would decode into more values than its size allows (see
+    /// [`limits::item_budget`](super::limits::item_budget)): refused before it costs memory.
+    #[error("message body holds more than {budget} values, more than its size allows")]
+    TooComplex {
+        /// The number of values the body's size allowed.
+        budget: usize,
+    },
+
+    /// A field a peer controls is longer than tidings accepts.
+    #[error("field {field:?} is {len} bytes long; at most {max} are accepted")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest accepted.
+        max: usize,
+    },
+
+    /// A field a peer controls holds a value tidings cannot use.
+    #[error("field {field:?} {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// The serializer failed (should not happen for well-formed messages).
     #[error("cannot encode message: {0}")]
     Encode(String),

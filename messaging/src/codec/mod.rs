@@ -17,6 +17,7 @@
 //! as a typed value.
 
 mod error;
+pub mod limits;
 mod message;
 mod msgpack;
 mod oslo_json;
@@ -96,7 +97,18 @@ impl Codec {
 
     /// Decodes an RPC request. Keys other than oslo.messaging's and `_context_*` are ignored.
     pub fn decode_request(&self, body: &[u8]) -> Result<RpcRequest, CodecError> {
-        wire::request_from_map(self.decode_message(body)?)
+        self.decode_request_salvaging(body)
+            .map_err(|(error, _)| error)
+    }
+
+    /// Decodes an RPC request; when it is refused, also what could be read of its call
+    /// (`_msg_id` and `_reply_q`, when those are usable) so that the caller can be told why.
+    pub(crate) fn decode_request_salvaging(
+        &self,
+        body: &[u8],
+    ) -> Result<RpcRequest, (CodecError, Option<CallInfo>)> {
+        let map = self.decode_message(body).map_err(|error| (error, None))?;
+        wire::request_from_map(map)
     }
 
     /// Encodes an RPC reply in the 2.0 envelope.

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
 use super::error::CodecError;
+use super::limits;
 use super::wire::{self, EnvelopeView};
 
 /// Nesting limit when decoding, the same as serde_json's.
@@ -38,14 +39,19 @@ pub(crate) fn encode_bare<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecErr
 /// Decodes a body to one JSON value, refusing trailing bytes.
 fn parse(body: &[u8]) -> Result<Value, CodecError> {
     let non_finite = Cell::new(false);
+    let budget = limits::item_budget(body.len());
+    let items_left = Cell::new(budget);
     let mut de = rmp_serde::Deserializer::new(body);
     de.set_max_depth(MAX_DEPTH);
     let value = StrictValue {
         non_finite: &non_finite,
+        items_left: &items_left,
     }
     .deserialize(&mut de)
     .map_err(|e| {
-        if non_finite.get() {
+        if items_left.get() == 0 {
+            limits::too_many_items(budget)
+        } else if non_finite.get() {
             CodecError::NonFiniteNumber(format!("MessagePack float: {e}"))
         } else {
             CodecError::InvalidBody(format!("not MessagePack: {e}"))
@@ -83,15 +89,36 @@ pub(crate) fn decode_message(body: &[u8]) -> Result<Map<String, Value>, CodecErr
 
 /// Builds a `serde_json::Value` from MessagePack, failing (and raising the flag) on a float
 /// JSON cannot hold instead of mapping it to `null`.
+///
+/// Every value taken costs one item of the budget; once it is spent, decoding stops, so a body
+/// of tiny values (an array of a million nils is a megabyte) cannot become gigabytes of
+/// `Value`s.
 #[derive(Clone, Copy)]
 struct StrictValue<'a> {
     non_finite: &'a Cell<bool>,
+    items_left: &'a Cell<usize>,
+}
+
+impl StrictValue<'_> {
+    fn take_item<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.items_left.get().checked_sub(1) {
+            Some(left) if left > 0 => {
+                self.items_left.set(left);
+                Ok(())
+            }
+            _ => {
+                self.items_left.set(0);
+                Err(E::custom("more values than the body's size allows"))
+            }
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.take_item::<D::Error>()?;
         deserializer.deserialize_any(self)
     }
 }
@@ -158,6 +185,7 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
+            self.take_item::<A::Error>()?;
             let value = access.next_value_seed(self)?;
             // A repeated key keeps its last value, as in JSON and Python.
             map.insert(key, value);

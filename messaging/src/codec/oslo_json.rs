@@ -16,6 +16,7 @@ use serde_json::ser::Formatter;
 use serde_json::{Map, Value};
 
 use super::error::CodecError;
+use super::limits;
 use super::wire::{self, EnvelopeView};
 use crate::RemoteError;
 
@@ -53,6 +54,7 @@ pub(crate) fn failure_text(error: &RemoteError) -> Result<String, CodecError> {
 
 /// Parses JSON text, telling a Python `NaN`/`Infinity` apart from other syntax errors.
 pub(crate) fn parse_text(text: &[u8]) -> Result<Value, CodecError> {
+    limits::check_json_items(text, limits::item_budget(text.len()))?;
     serde_json::from_slice(text).map_err(|e| {
         if has_bare_non_finite(text) {
             CodecError::NonFiniteNumber(format!("bare NaN or Infinity in JSON text: {e}"))
@@ -62,8 +64,10 @@ pub(crate) fn parse_text(text: &[u8]) -> Result<Value, CodecError> {
     })
 }
 
-/// Parses `text` as a JSON object.
+/// Parses `text` as a JSON object, refusing text that would decode into more values than its
+/// size allows.
 fn parse_object(text: &[u8], field: &'static str) -> Result<Map<String, Value>, CodecError> {
+    limits::check_json_items(text, limits::item_budget(text.len()))?;
     match parse_text(text)? {
         Value::Object(map) => Ok(map),
         _ => Err(CodecError::WrongType {

@@ -61,16 +61,28 @@ fn arb_context() -> impl Strategy<Value = Context> {
     arb_object().prop_map(Context::from)
 }
 
+/// A call-monitor timeout within what a receiver accepts (0 to a year).
 fn arb_timeout() -> impl Strategy<Value = Option<Number>> {
     prop_oneof![
         Just(None),
-        any::<u32>().prop_map(|n| Some(Number::from(n))),
-        arb_float().prop_map(Some),
+        (0u32..=31_536_000).prop_map(|n| Some(Number::from(n))),
+        (0.0f64..31_536_000.0).prop_map(Number::from_f64),
     ]
 }
 
+/// A name a peer may send: no control characters, within the receiver's length limits.
+fn arb_name() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{0,24}"
+}
+
+/// A context a receiver accepts: keys without control characters.
+fn arb_received_context() -> impl Strategy<Value = Context> {
+    prop::collection::vec((arb_name(), arb_json()), 0..6)
+        .prop_map(|entries| Context::from(entries.into_iter().collect::<Map<String, Value>>()))
+}
+
 prop_compose! {
-    fn arb_call()(msg_id in any::<String>(), reply_q in any::<String>(), timeout in arb_timeout())
+    fn arb_call()(msg_id in arb_name(), reply_q in arb_name(), timeout in arb_timeout())
         -> CallInfo {
         CallInfo { msg_id, reply_q, timeout }
     }
@@ -78,13 +90,13 @@ prop_compose! {
 
 prop_compose! {
     fn arb_request()(
-        method in any::<String>(),
+        method in arb_name(),
         args in arb_object(),
-        namespace in proptest::option::of(any::<String>()),
+        namespace in proptest::option::of(arb_name()),
         version in proptest::option::of("[0-9]{1,2}\\.[0-9]{1,2}"),
         call in proptest::option::of(arb_call()),
         unique_id in "[0-9a-f]{32}",
-        context in arb_context(),
+        context in arb_received_context(),
     ) -> RpcRequest {
         RpcRequest { method, args, namespace, version, call, unique_id, context }
     }

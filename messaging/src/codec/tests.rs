@@ -818,3 +818,112 @@ fn errors_display_without_the_body() {
     let err = Codec::OsloJson.decode_request(&body).unwrap_err();
     assert!(!err.to_string().contains("sekrit"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input: every field a peer controls is checked, and decoding is bounded.
+
+/// An oslo JSON request with `inner` as its inner message.
+fn enveloped(inner: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})).unwrap()
+}
+
+fn hostile_call(field: &str, value: Value) -> Value {
+    let mut inner = json!({
+        "method": "echo", "args": {}, "_msg_id": "m1", "_reply_q": "reply_q1",
+        "_timeout": null, "_unique_id": "u1",
+    });
+    inner[field] = value;
+    inner
+}
+
+#[test]
+fn an_unusable_timeout_is_refused_with_the_call_kept_for_the_error_reply() {
+    for bad in [json!(1e20), json!(-1), json!(1e300), json!(31_536_001)] {
+        let body = enveloped(&hostile_call("_timeout", bad.clone()));
+        let (error, call) = Codec::OsloJson.decode_request_salvaging(&body).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CodecError::InvalidField {
+                    field: "_timeout",
+                    ..
+                }
+            ),
+            "{bad}: {error}"
+        );
+        let call = call.expect("the call is known, so the caller can be told");
+        assert_eq!(
+            (call.msg_id.as_str(), call.reply_q.as_str()),
+            ("m1", "reply_q1")
+        );
+    }
+    let ok = enveloped(&hostile_call("_timeout", json!(60)));
+    assert!(Codec::OsloJson.decode_request(&ok).is_ok());
+}
+
+#[test]
+fn an_unusable_reply_queue_or_message_id_leaves_nobody_to_tell() {
+    for (field, value) in [
+        ("_reply_q", json!("q".repeat(300))),
+        ("_reply_q", json!("reply\u{0}q")),
+        ("_msg_id", json!("m".repeat(100 * 1024))),
+    ] {
+        let body = enveloped(&hostile_call(field, value));
+        let (error, call) = Codec::OsloJson.decode_request_salvaging(&body).unwrap_err();
+        assert!(call.is_none(), "{field}: {error}");
+    }
+}
+
+#[test]
+fn long_names_and_ids_and_large_contexts_are_refused() {
+    let long = json!("x".repeat(64 * 1024));
+    for field in ["method", "namespace", "version", "_unique_id"] {
+        let body = enveloped(&hostile_call(field, long.clone()));
+        let error = Codec::OsloJson.decode_request(&body).unwrap_err();
+        assert!(
+            matches!(error, CodecError::FieldTooLong { .. }),
+            "{field}: {error}"
+        );
+    }
+    let mut inner = hostile_call("method", json!("echo"));
+    for i in 0..(limits::MAX_CONTEXT_KEYS + 1) {
+        inner[format!("_context_k{i}")] = json!(1);
+    }
+    let error = Codec::OsloJson
+        .decode_request(&enveloped(&inner))
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CodecError::InvalidField {
+                field: "context",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_body_of_tiny_values_is_refused_before_it_is_decoded() {
+    // 4 MiB of MessagePack nils: about 32 times that as decoded values.
+    let mut body = vec![0xdd];
+    let count: u32 = 4 * 1024 * 1024;
+    body.extend_from_slice(&count.to_be_bytes());
+    body.resize(body.len() + count as usize, 0xc0);
+    let error = Codec::MessagePack.decode_request(&body).unwrap_err();
+    assert!(matches!(error, CodecError::TooComplex { .. }), "{error}");
+    // JSON's smallest values take two bytes each, within the budget: this one decodes, and fails
+    // on its type.
+    let text = format!("[{}0]", "0,".repeat(1_000_000));
+    let error = Codec::OsloJson
+        .decode_notification(text.as_bytes())
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CodecError::TooComplex { .. } | CodecError::WrongType { .. }
+        ),
+        "{error}"
+    );
+}

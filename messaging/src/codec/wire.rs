@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::CodecError;
+use super::limits;
 use super::message::{CallInfo, Notification, RpcReply, RpcRequest};
 use crate::trace::TRACEPARENT_KEY;
 use crate::{Context, RemoteError};
@@ -354,9 +355,63 @@ fn take_context(map: Map<String, Value>) -> Context {
 }
 
 /// Decodes the inner message of a request. Keys other than the documented ones and
-/// `_context_*` are ignored.
-pub(crate) fn request_from_map(mut map: Map<String, Value>) -> Result<RpcRequest, CodecError> {
+/// `_context_*` are ignored. Every field a peer controls is checked against [`limits`]; a
+/// request refused after its `_msg_id` and `_reply_q` were read comes back with them, so that
+/// the caller can be told why instead of waiting out its timeout.
+pub(crate) fn request_from_map(
+    mut map: Map<String, Value>,
+) -> Result<RpcRequest, (CodecError, Option<CallInfo>)> {
+    // `_msg_id` decides call or cast; a stray `_reply_q`/`_timeout` on a cast is ignored.
+    let call = if map.contains_key("_msg_id") {
+        let msg_id = take_string(&mut map, "_msg_id").map_err(|e| (e, None))?;
+        let reply_q = take_string(&mut map, "_reply_q").map_err(|e| (e, None))?;
+        limits::check_name("_msg_id", &msg_id, limits::MAX_ID_LEN).map_err(|e| (e, None))?;
+        limits::check_name("_reply_q", &reply_q, limits::MAX_QUEUE_NAME_LEN)
+            .map_err(|e| (e, None))?;
+        Some(CallInfo {
+            msg_id,
+            reply_q,
+            timeout: None,
+        })
+    } else {
+        map.remove("_reply_q");
+        map.remove("_timeout");
+        None
+    };
+    match request_fields(map, call.clone()) {
+        Ok(request) => Ok(request),
+        Err(error) => Err((error, call)),
+    }
+}
+
+/// The rest of a request, once its call (if any) is known.
+fn request_fields(
+    mut map: Map<String, Value>,
+    mut call: Option<CallInfo>,
+) -> Result<RpcRequest, CodecError> {
+    if let Some(call) = call.as_mut() {
+        call.timeout = match map.remove("_timeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => {
+                let seconds = n.as_f64().unwrap_or(f64::NAN);
+                if !(0.0..=limits::MAX_CALL_MONITOR_SECONDS).contains(&seconds) {
+                    return Err(CodecError::InvalidField {
+                        field: "_timeout",
+                        reason: "must be a number of seconds from 0 to a year",
+                    });
+                }
+                Some(n)
+            }
+            Some(_) => {
+                return Err(CodecError::WrongType {
+                    field: "_timeout",
+                    expected: "a number or null",
+                })
+            }
+        };
+    }
     let method = take_string(&mut map, "method")?;
+    limits::check_name("method", &method, limits::MAX_NAME_LEN)?;
     let args = match map.remove("args") {
         None => Map::new(),
         Some(Value::Object(args)) => args,
@@ -368,32 +423,17 @@ pub(crate) fn request_from_map(mut map: Map<String, Value>) -> Result<RpcRequest
         }
     };
     let namespace = take_opt_string(&mut map, "namespace")?;
+    if let Some(namespace) = &namespace {
+        limits::check_name("namespace", namespace, limits::MAX_NAME_LEN)?;
+    }
     let version = take_opt_string(&mut map, "version")?;
-    // `_msg_id` decides call or cast; a stray `_reply_q`/`_timeout` on a cast is ignored.
-    let call = if map.contains_key("_msg_id") {
-        let msg_id = take_string(&mut map, "_msg_id")?;
-        let reply_q = take_string(&mut map, "_reply_q")?;
-        let timeout = match map.remove("_timeout") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n),
-            Some(_) => {
-                return Err(CodecError::WrongType {
-                    field: "_timeout",
-                    expected: "a number or null",
-                })
-            }
-        };
-        Some(CallInfo {
-            msg_id,
-            reply_q,
-            timeout,
-        })
-    } else {
-        map.remove("_reply_q");
-        map.remove("_timeout");
-        None
-    };
+    if let Some(version) = &version {
+        limits::check_name("version", version, limits::MAX_VERSION_LEN)?;
+    }
     let unique_id = take_string(&mut map, "_unique_id")?;
+    limits::check_name("_unique_id", &unique_id, limits::MAX_ID_LEN)?;
+    let context = take_context(map);
+    check_received_context(&context)?;
     Ok(RpcRequest {
         method,
         args,
@@ -401,8 +441,22 @@ pub(crate) fn request_from_map(mut map: Map<String, Value>) -> Result<RpcRequest
         version,
         call,
         unique_id,
-        context: take_context(map),
+        context,
     })
+}
+
+/// A received context's keys: not too many, none too long.
+fn check_received_context(context: &Context) -> Result<(), CodecError> {
+    if context.len() > limits::MAX_CONTEXT_KEYS {
+        return Err(CodecError::InvalidField {
+            field: "context",
+            reason: "has more keys than accepted",
+        });
+    }
+    for (key, _) in context.iter() {
+        limits::check_name("context", key, limits::MAX_CONTEXT_KEY_LEN)?;
+    }
+    Ok(())
 }
 
 /// Decodes a failure given as a JSON string (the oslo JSON wire) or a nested object

@@ -16,8 +16,9 @@ use tracing::Instrument;
 
 use super::endpoint::{NotificationEndpoint, Outcome};
 use super::{IncomingNotification, Metadata, Priority};
+use crate::codec::limits;
 use crate::codec::Codec;
-use crate::serve::{Running, Serving, StopReport};
+use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals, Running, Serving, StopReport};
 use crate::transport::{ConsumeOptions, Delivery, Inbox, Subscription, Transport, TransportError};
 use crate::Target;
 
@@ -126,17 +127,21 @@ impl NotificationListenerBuilder {
                 );
             }
         }
+        let dispatch = Arc::new(Dispatch {
+            endpoints: self.endpoints,
+            allow_requeue: self.allow_requeue,
+            max_requeues: self.max_requeues,
+            max_message_size: self.transport.max_message_size(),
+            refusals: RefusalCounters::default(),
+            refusal_log: LogLimiter::default(),
+        });
         let worker = ListenLoop {
-            dispatch: Arc::new(Dispatch {
-                endpoints: self.endpoints,
-                allow_requeue: self.allow_requeue,
-                max_requeues: self.max_requeues,
-            }),
+            dispatch: dispatch.clone(),
         };
         let batch = self.batch;
         let running =
             Serving::new(self.max_concurrency).run(|serving| worker.run(serving, inboxes, batch));
-        Ok(NotificationListener { running })
+        Ok(NotificationListener { running, dispatch })
     }
 }
 
@@ -144,6 +149,7 @@ impl NotificationListenerBuilder {
 #[derive(Debug)]
 pub struct NotificationListener {
     running: Running,
+    dispatch: Arc<Dispatch>,
 }
 
 impl NotificationListener {
@@ -167,6 +173,12 @@ impl NotificationListener {
         self.running.stop(deadline).await
     }
 
+    /// Notifications moved to the dead-letter queue unread so far (too large, or malformed),
+    /// by reason.
+    pub fn refusals(&self) -> Refusals {
+        self.dispatch.refusals.snapshot()
+    }
+
     /// Resolves when the listener has stopped, on its own or by [`stop`](Self::stop).
     pub async fn stopped(&self) {
         self.running.stopped().await;
@@ -179,6 +191,9 @@ struct Dispatch {
     endpoints: Vec<NotificationEndpoint>,
     allow_requeue: bool,
     max_requeues: u32,
+    max_message_size: usize,
+    refusals: RefusalCounters,
+    refusal_log: LogLimiter,
 }
 
 /// A delivery decoded into what handlers see.
@@ -188,14 +203,41 @@ struct Received {
 }
 
 impl Dispatch {
-    /// Decodes a delivery; one that cannot be decoded is dead-lettered at once.
+    /// Counts a notification moved to the dead-letter queue unread, and logs it (a few lines per
+    /// window at most; the reason cut, since a peer controls it).
+    fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, delivery: &Delivery) {
+        self.refusals.count(refusal);
+        if let Some(left_out) = self.refusal_log.admit() {
+            let why = why.to_string();
+            tracing::warn!(
+                queue = %delivery.queue,
+                bytes = delivery.body.len(),
+                left_out,
+                reason = %limits::truncate_for_log(&why),
+                "notification moved to the dead-letter queue unread"
+            );
+        }
+    }
+
+    /// Decodes a delivery; one too large to decode, or that cannot be decoded, is
+    /// dead-lettered at once (counted, and logged a few times per window at most).
     async fn decode(&self, delivery: Delivery) -> Option<Received> {
+        if delivery.body.len() > self.max_message_size {
+            let limit = self.max_message_size;
+            self.refuse(
+                Refusal::TooLarge,
+                &format_args!("larger than the limit of {limit} bytes; not decoded"),
+                &delivery,
+            );
+            settle(delivery.dead_letter().await);
+            return None;
+        }
         let decoded = Codec::from_content_type(&delivery.content_type)
             .and_then(|codec| codec.decode_notification(&delivery.body));
         let notification = match decoded {
             Ok(n) => n,
             Err(error) => {
-                tracing::warn!(%error, queue = %delivery.queue, "undecodable notification moved to the dead-letter queue");
+                self.refuse(Refusal::Malformed, &error, &delivery);
                 settle(delivery.dead_letter().await);
                 return None;
             }
@@ -203,7 +245,7 @@ impl Dispatch {
         let priority = match notification.priority.parse::<Priority>() {
             Ok(p) => p,
             Err(error) => {
-                tracing::warn!(%error, queue = %delivery.queue, "notification with an unknown priority moved to the dead-letter queue");
+                self.refuse(Refusal::Malformed, &error, &delivery);
                 settle(delivery.dead_letter().await);
                 return None;
             }

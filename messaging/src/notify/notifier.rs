@@ -123,10 +123,7 @@ impl Notifier {
                     priority: priority.as_key().to_owned(),
                 };
                 let message = OutgoingMessage::new(body.clone(), codec.content_type());
-                self.transport
-                    .driver()
-                    .publish(&destination, message)
-                    .await?;
+                self.transport.publish(&destination, message).await?;
             }
             Ok(())
         }

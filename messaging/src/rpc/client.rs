@@ -150,6 +150,12 @@ impl RpcClient {
         self
     }
 
+    /// Replies the transport's reply queue dropped so far (too large, malformed, or waited for
+    /// by no call), by reason; `None` before the first call opened it.
+    pub async fn reply_queue_refusals(&self) -> Option<crate::serve::Refusals> {
+        ReplyRouter::refusals_of(&self.transport).await
+    }
+
     /// oslo's `can_send_version`: whether `version` (the target's when `None`) is within the cap.
     pub fn can_send_version(&self, version: Option<Version>) -> bool {
         match (self.version_cap, version.or(self.target.version)) {
@@ -368,7 +374,6 @@ impl RpcClient {
         let destination = self.destination();
         tracing::debug!(%destination, "publishing RPC request");
         self.transport
-            .driver()
             .publish(&destination, message)
             .await
             .map_err(|error| match error {

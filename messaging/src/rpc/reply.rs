@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::limits;
 use crate::codec::{Codec, RpcReply};
-use crate::transport::{ack_without_waiting, Attachment, Driver, Inbox, Transport, TransportError};
+use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals};
+use crate::transport::{ack_without_waiting, Attachment, Inbox, Transport, TransportError};
 
 /// The reply queue of a transport, kept as its attachment: opened by the first call, opened
 /// again after the previous one was lost, shut when the transport closes.
@@ -39,6 +41,8 @@ pub(crate) struct ReplyRouter {
     waiters: Mutex<Waiters>,
     alive: AtomicBool,
     stop: CancellationToken,
+    refusals: RefusalCounters,
+    refusal_log: LogLimiter,
 }
 
 impl ReplyRouter {
@@ -53,29 +57,54 @@ impl ReplyRouter {
         if slot.closed.is_cancelled() {
             return Err(TransportError::Closed);
         }
-        let started = Self::start(transport.driver().as_ref(), slot.closed.child_token()).await?;
+        let started = Self::start(transport, slot.closed.child_token()).await?;
         *router = Some(started.clone());
         Ok(started)
     }
 
     /// Opens a reply queue on `driver` and starts routing its deliveries until `stop`.
     async fn start(
-        driver: &dyn Driver,
+        transport: &Transport,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, TransportError> {
-        let (queue, inbox) = driver.open_reply_queue().await?;
+        let (queue, inbox) = transport.driver().open_reply_queue().await?;
         let router = Arc::new(Self {
             queue,
             waiters: Mutex::default(),
             alive: AtomicBool::new(true),
             stop,
+            refusals: RefusalCounters::default(),
+            refusal_log: LogLimiter::default(),
         });
         tokio::spawn(Self::route(
             Arc::downgrade(&router),
             router.stop.clone(),
             inbox,
+            transport.max_message_size(),
         ));
         Ok(router)
+    }
+
+    /// The transport's current reply queue's refusals, when it has one.
+    pub(crate) async fn refusals_of(transport: &Transport) -> Option<Refusals> {
+        let slot = transport.attachment::<ReplyQueueSlot>();
+        let router = slot.router.lock().await;
+        router.as_ref().map(|r| r.refusals.snapshot())
+    }
+
+    /// Counts a refused reply and logs it, a few lines per window at most.
+    fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
+        self.refusals.count(refusal);
+        if let Some(left_out) = self.refusal_log.admit() {
+            let why = why.to_string();
+            tracing::debug!(
+                queue = %self.queue,
+                bytes,
+                left_out,
+                reason = %limits::truncate_for_log(&why),
+                "dropped a reply"
+            );
+        }
     }
 
     /// The reply queue's name, sent as `_reply_q`.
@@ -108,7 +137,12 @@ impl ReplyRouter {
         }
     }
 
-    async fn route(router: std::sync::Weak<Self>, stop: CancellationToken, mut inbox: Inbox) {
+    async fn route(
+        router: std::sync::Weak<Self>,
+        stop: CancellationToken,
+        mut inbox: Inbox,
+        max_message_size: usize,
+    ) {
         loop {
             let delivery = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -121,26 +155,37 @@ impl ReplyRouter {
                 break;
             };
             let (body, content_type, acker) = delivery.into_parts();
+            // Acknowledged at once: the reply queue is consumed with a prefetch, so a flood of
+            // replies nobody asked for waits in the broker, not here, and is dropped as fast as
+            // it can be looked at.
+            ack_without_waiting(acker, "a reply");
+            if body.len() > max_message_size {
+                router.refuse(
+                    Refusal::TooLarge,
+                    &format_args!("larger than the limit of {max_message_size} bytes"),
+                    body.len(),
+                );
+                continue;
+            }
             let reply =
                 Codec::from_content_type(&content_type).and_then(|codec| codec.decode_reply(&body));
             match reply {
                 // The waiter's sender is used under the lock rather than cloned out of it:
                 // one hash lookup, no reference-count traffic; sending never blocks.
-                Ok(reply) => match router.waiters().get(&reply.msg_id) {
-                    Some(sender) => {
-                        let _ = sender.send(reply);
+                Ok(reply) => {
+                    let delivered = match router.waiters().get(&reply.msg_id) {
+                        Some(sender) => {
+                            let _ = sender.send(reply);
+                            true
+                        }
+                        None => false,
+                    };
+                    if !delivered {
+                        router.refuse(Refusal::Unsolicited, &"nobody waits for it", body.len());
                     }
-                    None => {
-                        tracing::debug!(msg_id = %reply.msg_id, "dropped a reply nobody waits for");
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(%error, queue = %router.queue, "dropped a malformed reply");
                 }
+                Err(error) => router.refuse(Refusal::Malformed, &error, body.len()),
             }
-            // Routed first, acknowledged after: the caller wakes without waiting for the ack,
-            // which is issued but not awaited (its outcome changes nothing for a reply).
-            ack_without_waiting(acker, "a reply");
         }
         if let Some(router) = router.upgrade() {
             router.alive.store(false, Ordering::Release);

@@ -15,13 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
 
 use super::dispatcher::Dispatcher;
 use super::endpoint::{Endpoint, IntoEndpoint, MethodCall, MethodService};
+use crate::codec::limits;
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
-use crate::serve::{Running, Serving, StopReport};
+use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals, Running, Serving, StopReport};
 use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::transport::{
     ack_without_waiting, topology, ConsumeOptions, Destination, Inbox, OutgoingMessage,
@@ -45,6 +47,13 @@ const REPLY_RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long a reply queue given up on stays known as gone.
 const OBSOLETE_QUEUE_MEMORY: Duration = Duration::from_secs(60);
+
+/// Reply queues remembered as gone at most (each is a short name and an instant).
+const MAX_OBSOLETE_QUEUES: usize = 4096;
+
+/// Replies being retried at once, in all: beyond this the oldest retry is given up, so peers
+/// naming reply queues that do not exist cannot keep a server busy without end.
+pub const MAX_REPLY_RETRIES: usize = 256;
 
 /// Builds an [`RpcServer`].
 #[derive(Debug)]
@@ -157,16 +166,20 @@ impl RpcServerBuilder {
                     .map(|endpoint| self.layers.iter().fold(endpoint, |e, layer| (layer.0)(e)))
                     .collect(),
             )),
-            seen: Arc::new(Mutex::new(RecentIds::new(self.dedup_window))),
-            replies: Arc::new(ReplyPolicy {
-                retry_for: self.reply_retry,
-                obsolete: Mutex::default(),
+            intake: Arc::new(Intake {
+                target: self.target.clone(),
+                seen: Mutex::new(RecentIds::new(self.dedup_window)),
+                refusals: RefusalCounters::default(),
+                refusal_log: LogLimiter::default(),
             }),
+            replies: Arc::new(ReplyPolicy::new(self.reply_retry)),
         };
+        let intake = worker.intake.clone();
         let running = serving.run(|serving| worker.run(serving, inbox));
         Ok(RpcServer {
             target: self.target,
             running,
+            intake,
         })
     }
 }
@@ -176,6 +189,7 @@ impl RpcServerBuilder {
 pub struct RpcServer {
     target: Target,
     running: Running,
+    intake: Arc<Intake>,
 }
 
 impl RpcServer {
@@ -208,6 +222,11 @@ impl RpcServer {
     /// Resolves when the server ends on its own (its inbox closed) or has been stopped.
     pub async fn stopped(&self) {
         self.running.stopped().await;
+    }
+
+    /// Requests refused before reaching a handler so far, by reason.
+    pub fn refusals(&self) -> Refusals {
+        self.intake.refusals.snapshot()
     }
 }
 
@@ -253,8 +272,45 @@ struct ServerLoop {
     cancel_past_deadline: bool,
     target: Arc<Target>,
     dispatcher: Arc<Dispatcher>,
-    seen: Arc<Mutex<RecentIds>>,
+    intake: Arc<Intake>,
     replies: Arc<ReplyPolicy>,
+}
+
+/// What every request passes through before dispatch, shared by the loop and its tasks.
+#[derive(Debug)]
+struct Intake {
+    target: Target,
+    seen: Mutex<RecentIds>,
+    refusals: RefusalCounters,
+    refusal_log: LogLimiter,
+}
+
+impl Intake {
+    /// Counts a refused request and logs it, a few lines per window at most; the text of
+    /// `why` is cut, since a peer controls it.
+    fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
+        self.refusals.count(refusal);
+        if let Some(left_out) = self.refusal_log.admit() {
+            let why = why.to_string();
+            tracing::warn!(
+                target = %self.target,
+                bytes,
+                left_out,
+                reason = %limits::truncate_for_log(&why),
+                "refused an RPC request"
+            );
+        }
+    }
+}
+
+/// What became of a request taken from the inbox.
+enum Decoded {
+    /// A request to dispatch, in its codec.
+    Request(RpcRequest, Codec),
+    /// A call refused for a reason its caller can be told.
+    Refused(CallInfo, Codec, RemoteError),
+    /// Dropped (counted): nobody to tell.
+    Dropped,
 }
 
 /// A request taken from the inbox (and acknowledged), not decoded yet.
@@ -263,30 +319,50 @@ struct Taken {
     content_type: String,
     /// When the caller stops waiting: arrival plus the time the request had left to live.
     deadline: Option<tokio::time::Instant>,
-    target: Arc<Target>,
-    seen: Arc<Mutex<RecentIds>>,
+    intake: Arc<Intake>,
 }
 
 impl Taken {
-    /// Decodes the request and drops it if its `_unique_id` was seen within the window.
-    fn decode(self) -> Option<(RpcRequest, Codec)> {
-        let decoded = Codec::from_content_type(&self.content_type)
-            .and_then(|codec| codec.decode_request(&self.body).map(|r| (r, codec)));
-        match decoded {
-            Ok((mut request, codec)) => {
+    /// Decodes and checks the request, and drops it if its `_unique_id` was seen within the
+    /// window.
+    fn decode(self) -> Decoded {
+        let codec = match Codec::from_content_type(&self.content_type) {
+            Ok(codec) => codec,
+            Err(error) => {
+                self.intake
+                    .refuse(Refusal::Malformed, &error, self.body.len());
+                return Decoded::Dropped;
+            }
+        };
+        match codec.decode_request_salvaging(&self.body) {
+            Ok(mut request) => {
                 request.context.set_deadline(self.deadline);
                 // The window stays consistent under panic: each call is one insert or lookup.
-                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = self.intake.seen.lock().unwrap_or_else(|e| e.into_inner());
                 if seen.first_time(&request.unique_id) {
-                    Some((request, codec))
+                    Decoded::Request(request, codec)
                 } else {
+                    drop(seen);
+                    self.intake.refusals.count(Refusal::Duplicate);
                     tracing::debug!(unique_id = %request.unique_id, "dropped a duplicate request");
-                    None
+                    Decoded::Dropped
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, target = %self.target, bytes = self.body.len(), "dropped a malformed RPC request");
-                None
+            Err((error, call)) => {
+                self.intake
+                    .refuse(Refusal::Malformed, &error, self.body.len());
+                match call {
+                    Some(call) => {
+                        let why = error.to_string();
+                        let refusal = RemoteError::new(
+                            "ValueError",
+                            "builtins",
+                            format!("request refused: {}", limits::truncate_for_log(&why)),
+                        );
+                        Decoded::Refused(call, codec, refusal)
+                    }
+                    None => Decoded::Dropped,
+                }
             }
         }
     }
@@ -313,12 +389,20 @@ impl ServerLoop {
             // dispatch task, so that decoding runs on every worker thread, not on this loop's.
             let (body, content_type, acker) = delivery.into_parts();
             ack_without_waiting(acker, "an RPC request");
+            if self.transport.is_too_large(&body) {
+                let limit = self.transport.max_message_size();
+                self.intake.refuse(
+                    Refusal::TooLarge,
+                    &format_args!("larger than the limit of {limit} bytes; not decoded"),
+                    body.len(),
+                );
+                continue;
+            }
             let taken = Taken {
                 body,
                 content_type,
                 deadline,
-                target: self.target.clone(),
-                seen: self.seen.clone(),
+                intake: self.intake.clone(),
             };
             let (transport, dispatcher, replies) = (
                 self.transport.clone(),
@@ -327,15 +411,19 @@ impl ServerLoop {
             );
             let cancel_past_deadline = self.cancel_past_deadline;
             serving.spawn(async move {
-                if let Some((request, codec)) = taken.decode() {
-                    let dispatch = Dispatch {
-                        transport,
-                        cancel_past_deadline,
-                        dispatcher,
-                        replies,
-                        codec,
-                    };
-                    dispatch.run(request, slot).await;
+                let dispatch = |codec| Dispatch {
+                    transport,
+                    cancel_past_deadline,
+                    dispatcher,
+                    replies,
+                    codec,
+                };
+                match taken.decode() {
+                    Decoded::Request(request, codec) => dispatch(codec).run(request, slot).await,
+                    Decoded::Refused(call, codec, error) => {
+                        dispatch(codec).refuse(&call, error, slot).await;
+                    }
+                    Decoded::Dropped => {}
                 }
             });
         }
@@ -349,25 +437,86 @@ impl ServerLoop {
 #[derive(Debug)]
 struct ReplyPolicy {
     retry_for: Duration,
-    /// Reply queues given up on, and when.
-    obsolete: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Reply queues given up on, and when; pruned at most once a second.
+    obsolete: Mutex<ObsoleteQueues>,
+    /// Replies being retried, oldest first, each with the token that gives it up.
+    retrying: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next_retry: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct ObsoleteQueues {
+    since: HashMap<String, tokio::time::Instant>,
+    pruned: Option<tokio::time::Instant>,
 }
 
 impl ReplyPolicy {
-    fn obsolete(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+    fn new(retry_for: Duration) -> Self {
+        Self {
+            retry_for,
+            obsolete: Mutex::default(),
+            retrying: Mutex::default(),
+            next_retry: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn obsolete(&self) -> std::sync::MutexGuard<'_, ObsoleteQueues> {
         self.obsolete.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn is_obsolete(&self, queue: &str) -> bool {
         let mut obsolete = self.obsolete();
         let now = tokio::time::Instant::now();
-        obsolete.retain(|_, since| now.duration_since(*since) < OBSOLETE_QUEUE_MEMORY);
-        obsolete.contains_key(queue)
+        if obsolete
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            obsolete
+                .since
+                .retain(|_, since| now.duration_since(*since) < OBSOLETE_QUEUE_MEMORY);
+            obsolete.pruned = Some(now);
+        }
+        obsolete
+            .since
+            .get(queue)
+            .is_some_and(|since| now.duration_since(*since) < OBSOLETE_QUEUE_MEMORY)
     }
 
     fn give_up_on(&self, queue: &str) {
-        self.obsolete()
-            .insert(queue.to_owned(), tokio::time::Instant::now());
+        let mut obsolete = self.obsolete();
+        if obsolete.since.len() < MAX_OBSOLETE_QUEUES {
+            obsolete
+                .since
+                .insert(queue.to_owned(), tokio::time::Instant::now());
+        }
+    }
+
+    fn retrying(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+        self.retrying.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a retry; when [`MAX_REPLY_RETRIES`] are already running, the oldest is given
+    /// up to make room.
+    fn start_retry(&self) -> (u64, CancellationToken) {
+        let id = self
+            .next_retry
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut retrying = self.retrying();
+        if retrying.len() >= MAX_REPLY_RETRIES {
+            if let Some((_, oldest)) = retrying.pop_front() {
+                oldest.cancel();
+            }
+        }
+        retrying.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    fn end_retry(&self, id: u64) {
+        let mut retrying = self.retrying();
+        if let Some(at) = retrying.iter().position(|(i, _)| *i == id) {
+            retrying.remove(at);
+        }
     }
 }
 
@@ -477,17 +626,48 @@ impl Dispatch {
         .await;
     }
 
-    /// Retries a reply whose queue was missing, every 0.25 s for the policy's time.
+    /// Retries a reply whose queue was missing, every 0.25 s for the policy's time, unless
+    /// newer retries push it out.
     async fn retry_reply(&self, call: &CallInfo, reply: &RpcReply) {
+        let (id, given_up) = self.replies.start_retry();
         let give_up_at = tokio::time::Instant::now() + self.replies.retry_for;
-        while tokio::time::Instant::now() < give_up_at {
-            tokio::time::sleep(REPLY_RETRY_INTERVAL).await;
-            if self.replies.is_obsolete(&call.reply_q) || self.reply(call, reply).await {
-                return;
+        let outcome = async {
+            while tokio::time::Instant::now() < give_up_at {
+                tokio::time::sleep(REPLY_RETRY_INTERVAL).await;
+                if self.replies.is_obsolete(&call.reply_q) || self.reply(call, reply).await {
+                    return true;
+                }
             }
+            false
+        };
+        let delivered = tokio::select! {
+            delivered = outcome => delivered,
+            () = given_up.cancelled() => {
+                tracing::warn!(reply_q = %limits::truncate_for_log(&call.reply_q), limit = MAX_REPLY_RETRIES, "too many replies waiting for their queues; the oldest dropped");
+                false
+            }
+        };
+        self.replies.end_retry(id);
+        if !delivered {
+            if !given_up.is_cancelled() {
+                tracing::warn!(reply_q = %limits::truncate_for_log(&call.reply_q), after = ?self.replies.retry_for, "reply queue is gone; reply dropped");
+            }
+            self.replies.give_up_on(&call.reply_q);
         }
-        tracing::warn!(reply_q = %call.reply_q, after = ?self.replies.retry_for, "reply queue is gone; reply dropped");
-        self.replies.give_up_on(&call.reply_q);
+    }
+
+    /// Tells the caller its request was refused, holding `slot` until the reply is sent.
+    async fn refuse(self, call: &CallInfo, error: RemoteError, slot: OwnedSemaphorePermit) {
+        let reply = RpcReply {
+            result: Value::Null,
+            failure: Some(error),
+            ending: true,
+            msg_id: call.msg_id.clone(),
+            unique_id: topology::new_id(),
+        };
+        // A refusal is not retried: its queue is there or the caller is gone.
+        self.reply(call, &reply).await;
+        drop(slot);
     }
 
     /// Sends `ending: false` replies every `every` until cancelled (by the handler finishing).
@@ -539,7 +719,7 @@ impl Dispatch {
         let destination = Destination::Reply {
             queue: call.reply_q.clone(),
         };
-        match self.transport.driver().publish(&destination, message).await {
+        match self.transport.publish(&destination, message).await {
             Ok(()) => true,
             Err(TransportError::Unroutable { .. }) => false,
             Err(error) => {
@@ -557,9 +737,13 @@ fn keepalive_interval(call: &CallInfo) -> Option<Duration> {
     if !timeout.is_finite() || timeout < 0.0 {
         return None;
     }
-    // Truncation is the rule: Python computes int(timeout) / 2.
-    let seconds = (timeout.trunc() / 2.0).max(0.0);
-    (seconds >= 1.0).then(|| Duration::from_secs_f64(seconds))
+    // Truncation is the rule: Python computes int(timeout) / 2. The codec bounds `_timeout`;
+    // a value past any duration still yields none rather than a panic.
+    let seconds = (timeout.min(limits::MAX_CALL_MONITOR_SECONDS).trunc() / 2.0).max(0.0);
+    if seconds < 1.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 #[cfg(test)]

@@ -29,6 +29,17 @@ pub enum TransportError {
     /// The connection is down and could not be restored in time.
     #[error("connection to the broker lost: {0}")]
     ConnectionLost(String),
+    /// The message is larger than the transport's limit
+    /// ([`TransportOptions::max_message_size`](super::TransportOptions::max_message_size)).
+    #[error("message of {size} bytes for {destination} is larger than the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// Where the message was sent.
+        destination: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The transport was closed by its owner.
     #[error("transport is closed")]
     Closed,

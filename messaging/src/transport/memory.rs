@@ -30,6 +30,10 @@ struct Stored {
     requeues: u32,
 }
 
+/// Most messages a dead-letter queue keeps; the oldest go first, as with the AMQP driver's
+/// default.
+const DEAD_LETTER_MAX_LENGTH: usize = 10_000;
+
 /// A queue with competing consumers.
 #[derive(Debug, Default)]
 struct Queue {
@@ -45,6 +49,18 @@ impl Queue {
 
     fn push(&self, message: Stored) {
         self.lock().push_back(message);
+        self.ready.notify_one();
+    }
+
+    /// Appends `message`, dropping the oldest beyond `max_length` (RabbitMQ's `drop-head`).
+    fn push_bounded(&self, message: Stored, max_length: usize) {
+        {
+            let mut messages = self.lock();
+            messages.push_back(message);
+            while messages.len() > max_length {
+                messages.pop_front();
+            }
+        }
         self.ready.notify_one();
     }
 
@@ -229,7 +245,7 @@ impl Acknowledge for MemoryAcker {
             let dead = broker
                 .state()
                 .declare(&super::driver::dead_letter_queue(&self.queue_name));
-            dead.push(message);
+            dead.push_bounded(message, DEAD_LETTER_MAX_LENGTH);
         }
         Ok(())
     }

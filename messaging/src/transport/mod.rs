@@ -37,6 +37,9 @@ pub trait Attachment: Any + Send + Sync + Default {
 type Attached = Arc<dyn Any + Send + Sync>;
 type CloseAttachment = Box<dyn Fn() + Send + Sync>;
 
+/// The default largest message body: 16 MiB, RabbitMQ 4's own default limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
 /// Options of a transport that are not in its URL.
 #[derive(Clone, Debug)]
 pub struct TransportOptions {
@@ -44,6 +47,11 @@ pub struct TransportOptions {
     pub codec: Codec,
     /// Exchange used by targets without one (oslo's `control_exchange`).
     pub control_exchange: String,
+    /// The largest message body sent or accepted (default 16 MiB). A larger one is refused on
+    /// publish with [`TransportError::MessageTooLarge`], and on receipt is never decoded:
+    /// servers drop it, listeners dead-letter it, the reply queue drops it, each counted and
+    /// logged with its size.
+    pub max_message_size: usize,
 }
 
 impl Default for TransportOptions {
@@ -51,7 +59,31 @@ impl Default for TransportOptions {
         Self {
             codec: Codec::default(),
             control_exchange: topology::DEFAULT_CONTROL_EXCHANGE.to_owned(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
+    }
+}
+
+impl TransportOptions {
+    /// The same options with `codec` for outgoing messages.
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The same options with `exchange` as the control exchange.
+    #[must_use]
+    pub fn control_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.control_exchange = exchange.into();
+        self
+    }
+
+    /// The same options with `limit` as the largest message body.
+    #[must_use]
+    pub fn max_message_size(mut self, limit: usize) -> Self {
+        self.max_message_size = limit;
+        self
     }
 }
 
@@ -133,6 +165,33 @@ impl Transport {
     /// The exchange used by targets without one.
     pub fn control_exchange(&self) -> &str {
         &self.inner.options.control_exchange
+    }
+
+    /// The largest message body sent or accepted.
+    pub fn max_message_size(&self) -> usize {
+        self.inner.options.max_message_size
+    }
+
+    /// Whether a received body is too large to be decoded.
+    pub fn is_too_large(&self, body: &[u8]) -> bool {
+        body.len() > self.inner.options.max_message_size
+    }
+
+    /// Publishes through the driver, refusing a body larger than the transport's limit.
+    pub async fn publish(
+        &self,
+        destination: &Destination,
+        message: OutgoingMessage,
+    ) -> Result<(), TransportError> {
+        let limit = self.inner.options.max_message_size;
+        if message.body.len() > limit {
+            return Err(TransportError::MessageTooLarge {
+                destination: destination.to_string(),
+                size: message.body.len(),
+                limit,
+            });
+        }
+        self.inner.driver.publish(destination, message).await
     }
 
     /// The driver, for the RPC and notification layers.

@@ -62,12 +62,22 @@ impl Republisher {
         let failed = |error: lapin::Error| {
             TransportError::Driver(format!("could not republish to {queue}: {error}"))
         };
-        let channel = session.publisher().await.map_err(failed)?;
+        let mut channel = session.publisher().await.map_err(failed)?;
         if declare {
-            QueueSpec::topic(queue, &self.options)
+            let declared = QueueSpec::dead_letter(queue, &self.options)
                 .declare(&channel)
-                .await
-                .map_err(failed)?;
+                .await;
+            match declared {
+                Ok(()) => {}
+                // The queue exists with other arguments (made before it had a length limit, or
+                // by an operator): use it as it is, on a fresh channel (the refusal closed
+                // this one), rather than fail every dead-lettering.
+                Err(error) if is_precondition_failed(&error) => {
+                    tracing::warn!(%queue, "dead-letter queue exists with other arguments; using it as it is");
+                    channel = session.publisher().await.map_err(failed)?;
+                }
+                Err(error) => return Err(failed(error)),
+            }
         }
         let mut headers = FieldTable::default();
         headers.insert(
@@ -300,6 +310,11 @@ async fn close_quietly(channel: &Channel) {
         // Closing the channel cancels its consumers; the broker requeues what was unacked.
         let _ = channel.close(200, "inbox closed".into()).await;
     }
+}
+
+/// Whether the broker refused a declaration because the entity exists with other arguments.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// The longest time to live taken from a peer's `expiration` property: a day. A longer or

@@ -114,6 +114,23 @@ impl QueueSpec {
         }
     }
 
+    /// A `<queue>.dlq` dead-letter queue: declared like a topic queue, with a length limit and
+    /// an overflow policy when the options set one.
+    pub(super) fn dead_letter(name: &str, options: &AmqpOptions) -> Self {
+        let mut spec = Self::topic(name, options);
+        if options.dead_letter_max_length > 0 {
+            spec.arguments.push((
+                "x-max-length",
+                long_int(u64::from(options.dead_letter_max_length)),
+            ));
+            spec.arguments.push((
+                "x-overflow",
+                AMQPValue::LongString(options.dead_letter_overflow.as_str().into()),
+            ));
+        }
+        spec
+    }
+
     /// A server's `<topic>_fanout_<hex>` queue or a client's `reply_<hex>` queue: transient,
     /// expiring when unused.
     fn transient(name: &str, options: &AmqpOptions) -> Self {

@@ -20,7 +20,7 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 
-pub use options::AmqpOptions;
+pub use options::{AmqpOptions, DeadLetterOverflow};
 
 use self::consume::ConsumerSpec;
 use self::declare::{ExchangeSpec, QueueSpec};
@@ -30,7 +30,11 @@ use super::driver::{
 };
 use super::topology::{self, Route, SubscriptionPlan};
 use super::TransportError;
+use crate::codec::limits;
 use crate::url::TransportUrl;
+
+/// Replies handed out before the router acknowledged earlier ones.
+const REPLY_PREFETCH: u16 = 256;
 
 /// The AMQP driver.
 #[derive(Debug)]
@@ -81,13 +85,16 @@ impl AmqpDriver {
     ) -> Result<(), Attempt> {
         let lost = |error: lapin::Error| {
             if session.is_dead() {
-                Attempt::Retry(TransportError::ConnectionLost(error.to_string()))
+                Attempt::Retry(TransportError::ConnectionLost(
+                    limits::truncate_for_log(&error.to_string()).into_owned(),
+                ))
             } else {
                 // A channel error (e.g. a refused declaration) closed the channel; the next
                 // publish opens a new one. Report this one.
+                // lapin's error may carry the returned message: keep only its start.
                 Attempt::Fail(TransportError::Rejected {
                     destination: destination.to_string(),
-                    reason: error.to_string(),
+                    reason: limits::truncate_for_log(&error.to_string()).into_owned(),
                 })
             }
         };
@@ -279,9 +286,10 @@ impl Driver for AmqpDriver {
         let plan = topology::reply_queue_plan();
         let name = plan.name.clone();
         let queues = vec![QueueSpec::of(&plan, &self.options)];
-        let receiver = self
-            .consume(queues, ConsumeOptions::default().prefetch, false, true)
-            .await?;
+        // Consumed with acknowledgements and a prefetch, so the broker never pushes more replies
+        // than the router has room for: a flood of replies nobody asked for waits in the queue
+        // instead of in this process.
+        let receiver = self.consume(queues, REPLY_PREFETCH, false, false).await?;
         Ok((name, Inbox::new(receiver, None)))
     }
 

@@ -31,6 +31,32 @@ pub struct AmqpOptions {
     /// How long opening the transport waits for the first connection (`connection_timeout`,
     /// seconds, default 10).
     pub connection_timeout: Duration,
+    /// Most messages a dead-letter queue keeps (`dead_letter_max_length`, default 10 000; 0
+    /// for no limit), so that a peer sending junk cannot fill the broker's disk.
+    pub dead_letter_max_length: u32,
+    /// What a full dead-letter queue does (`dead_letter_overflow`, default `drop-head`: the
+    /// oldest message goes; `reject-publish` keeps the old ones and the new one is requeued).
+    pub dead_letter_overflow: DeadLetterOverflow,
+}
+
+/// What a full dead-letter queue does with one more message (RabbitMQ's `x-overflow`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeadLetterOverflow {
+    /// The oldest message is dropped.
+    #[default]
+    DropHead,
+    /// The new message is refused; the listener puts it back in its queue.
+    RejectPublish,
+}
+
+impl DeadLetterOverflow {
+    /// RabbitMQ's name of the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterOverflow::DropHead => "drop-head",
+            DeadLetterOverflow::RejectPublish => "reject-publish",
+        }
+    }
 }
 
 impl Default for AmqpOptions {
@@ -46,6 +72,8 @@ impl Default for AmqpOptions {
             retry_interval_max: Duration::from_secs(3),
             publish_recovery_timeout: Duration::from_secs(30),
             connection_timeout: Duration::from_secs(10),
+            dead_letter_max_length: 10_000,
+            dead_letter_overflow: DeadLetterOverflow::DropHead,
         }
     }
 }
@@ -84,6 +112,22 @@ impl AmqpOptions {
         if let Some(v) = url.option_parsed::<f64>("connection_timeout")? {
             options.connection_timeout = seconds(v, "connection_timeout")?;
         }
+        if let Some(v) = url.option_parsed::<u32>("dead_letter_max_length")? {
+            options.dead_letter_max_length = v;
+        }
+        if let Some(v) = url.option("dead_letter_overflow") {
+            options.dead_letter_overflow = match v {
+                "drop-head" => DeadLetterOverflow::DropHead,
+                "reject-publish" => DeadLetterOverflow::RejectPublish,
+                other => {
+                    return Err(UrlError::BadOption {
+                        key: "dead_letter_overflow".to_owned(),
+                        value: other.to_owned(),
+                        expected: "drop-head or reject-publish".to_owned(),
+                    })
+                }
+            };
+        }
         Ok(options)
     }
 
@@ -115,6 +159,22 @@ mod tests {
         assert!(o.durable_queues && o.quorum_queues && o.durable());
         assert_eq!(o.quorum_delivery_limit, 5);
         assert_eq!(o.retry_interval_max, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn dead_letter_queues_are_bounded_unless_told_otherwise() {
+        let o = AmqpOptions::default();
+        assert_eq!(o.dead_letter_max_length, 10_000);
+        assert_eq!(o.dead_letter_overflow, DeadLetterOverflow::DropHead);
+        let url: TransportUrl =
+            "rabbit://h/?dead_letter_max_length=5&dead_letter_overflow=reject-publish"
+                .parse()
+                .unwrap();
+        let o = AmqpOptions::from_url(&url).unwrap();
+        assert_eq!(o.dead_letter_max_length, 5);
+        assert_eq!(o.dead_letter_overflow.as_str(), "reject-publish");
+        let url: TransportUrl = "rabbit://h/?dead_letter_overflow=explode".parse().unwrap();
+        assert!(AmqpOptions::from_url(&url).is_err());
     }
 
     #[test]
