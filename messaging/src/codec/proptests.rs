@@ -57,10 +57,6 @@ fn arb_object() -> impl Strategy<Value = Map<String, Value>> {
         .prop_map(|entries| entries.into_iter().collect())
 }
 
-fn arb_context() -> impl Strategy<Value = Context> {
-    arb_object().prop_map(Context::from)
-}
-
 /// A call-monitor timeout within what a receiver accepts (0 to a year).
 fn arb_timeout() -> impl Strategy<Value = Option<Number>> {
     prop_oneof![
@@ -129,14 +125,14 @@ prop_compose! {
 
 prop_compose! {
     fn arb_notification()(
-        message_id in any::<String>(),
-        publisher_id in any::<String>(),
-        event_type in any::<String>(),
+        message_id in arb_name(),
+        publisher_id in arb_name(),
+        event_type in arb_name(),
         priority in "(INFO|WARN|ERROR|SAMPLE|[A-Za-z]{0,6})",
         payload in arb_json(),
-        timestamp in any::<String>(),
+        timestamp in arb_name(),
         unique_id in proptest::option::of(any::<String>()),
-        context in arb_context(),
+        context in arb_received_context(),
     ) -> Notification {
         Notification {
             message_id, publisher_id, event_type, priority, payload, timestamp, unique_id, context,

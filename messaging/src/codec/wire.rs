@@ -519,6 +519,13 @@ pub(crate) fn notification_from_map(
     let payload = map.remove("payload").unwrap_or(Value::Null);
     let timestamp = take_string(&mut map, "timestamp")?;
     let unique_id = take_opt_string(&mut map, "_unique_id")?;
+    limits::check_name("message_id", &message_id, limits::MAX_ID_LEN)?;
+    limits::check_name("publisher_id", &publisher_id, limits::MAX_NAME_LEN)?;
+    limits::check_name("event_type", &event_type, limits::MAX_NAME_LEN)?;
+    limits::check_name("priority", &priority, limits::MAX_NAME_LEN)?;
+    limits::check_name("timestamp", &timestamp, limits::MAX_NAME_LEN)?;
+    let context = take_context(map);
+    check_received_context(&context)?;
     Ok(Notification {
         message_id,
         publisher_id,
@@ -527,6 +534,6 @@ pub(crate) fn notification_from_map(
         payload,
         timestamp,
         unique_id,
-        context: take_context(map),
+        context,
     })
 }

@@ -773,6 +773,28 @@ mod tests {
     }
 
     #[test]
+    fn keepalives_never_panic_on_huge_or_odd_timeouts() {
+        for seconds in [1e20, 1e300, f64::MAX] {
+            let timeout = serde_json::Number::from_f64(seconds);
+            assert!(keepalive_interval(&call_with(timeout)).is_some());
+        }
+        assert_eq!(keepalive_interval(&call_with(Some((-5).into()))), None);
+    }
+
+    #[test]
+    fn reply_retries_are_bounded_in_total_and_the_oldest_goes_first() {
+        let policy = ReplyPolicy::new(DEFAULT_REPLY_RETRY);
+        let retries: Vec<_> = (0..MAX_REPLY_RETRIES + 2)
+            .map(|_| policy.start_retry())
+            .collect();
+        assert!(retries[0].1.is_cancelled() && retries[1].1.is_cancelled());
+        assert!(retries[2..].iter().all(|(_, token)| !token.is_cancelled()));
+        assert_eq!(policy.retrying().len(), MAX_REPLY_RETRIES);
+        policy.end_retry(retries[5].0);
+        assert_eq!(policy.retrying().len(), MAX_REPLY_RETRIES - 1);
+    }
+
+    #[test]
     fn recent_ids_forget_beyond_the_window() {
         let mut seen = RecentIds::new(2);
         assert!(seen.first_time("a"));
