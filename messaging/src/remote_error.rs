@@ -87,10 +87,15 @@ impl RemoteError {
 
     /// The arguments did not fit the method: Python raises `TypeError` in the same case.
     pub fn bad_arguments(method: &str, detail: impl fmt::Display) -> Self {
+        // The detail can quote the caller's values: only its start is sent back.
+        let detail = detail.to_string();
         Self::new(
             "TypeError",
             "builtins",
-            format!("{method}() got invalid arguments: {detail}"),
+            format!(
+                "{method}() got invalid arguments: {}",
+                crate::codec::limits::truncate_for_log(&detail)
+            ),
         )
     }
 
