@@ -4,7 +4,7 @@
 //!
 //! A panic in a dispatch task cannot be tied to its input where it happens (the task knows
 //! nothing of the run), so a batch whose dispatch panicked is replayed on fresh rigs, halving
-//! it until single inputs remain ([`triage`]); the inputs found are saved like direct panics.
+//! it until single inputs remain (`triage`); the inputs found are saved like direct panics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
