@@ -150,7 +150,7 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
 
 /// Name of the dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dlq")
+    format!("{queue}{}", super::topology::DEAD_LETTER_SUFFIX)
 }
 
 /// One message taken from a queue; settle it with [`ack`](Self::ack),

@@ -33,6 +33,9 @@ pub fn reply_queue() -> String {
     format!("reply_{}", Uuid::new_v4().simple())
 }
 
+/// The suffix of dead-letter queues' names.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
 /// `<topic>.<priority>`: a notification queue and its routing key.
 pub fn notification_queue(topic: &str, priority: &str) -> String {
     format!("{topic}.{priority}")
@@ -110,6 +113,8 @@ pub enum QueueRole {
     Fanout,
     /// One client's `reply_<hex>` queue: transient, unbound, expires when unused.
     Reply,
+    /// A `<queue>.dlq` dead-letter queue: shared, with a length limit where the driver has one.
+    DeadLetter,
 }
 
 /// A queue of the layout with the bindings that feed it.
@@ -171,10 +176,19 @@ impl SubscriptionPlan {
                     delete_on_close: Some(fanout),
                 }
             }
-            Subscription::Queue { name } => Self {
-                queues: vec![QueuePlan::new(name.clone(), QueueRole::Shared)],
-                delete_on_close: None,
-            },
+            Subscription::Queue { name } => {
+                // Dead-letter queues are named `<queue>.dlq`: whoever declares one, the listener
+                // that fills it or an operator's consumer that drains it, declares it alike.
+                let role = if name.ends_with(DEAD_LETTER_SUFFIX) {
+                    QueueRole::DeadLetter
+                } else {
+                    QueueRole::Shared
+                };
+                Self {
+                    queues: vec![QueuePlan::new(name.clone(), role)],
+                    delete_on_close: None,
+                }
+            }
             Subscription::Notifications {
                 exchange,
                 topics,

@@ -83,6 +83,7 @@ impl QueueSpec {
         let mut spec = match plan.role {
             QueueRole::Shared => Self::topic(&plan.name, options),
             QueueRole::Fanout | QueueRole::Reply => Self::transient(&plan.name, options),
+            QueueRole::DeadLetter => Self::dead_letter(&plan.name, options),
         };
         spec.bindings = plan
             .bindings
