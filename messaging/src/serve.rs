@@ -79,6 +79,42 @@ impl RefusalCounters {
     }
 }
 
+/// Refusals counted, and the few of them worth a log line: what every refusing loop (server,
+/// listener, reply queue) keeps.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalTally {
+    counters: RefusalCounters,
+    log: LogLimiter,
+}
+
+impl RefusalTally {
+    /// Counts `refusal`; when a line may be logged for it, returns the number of lines left out
+    /// before it and `why` cut to what a log line may hold (a peer controls it).
+    pub(crate) fn record(
+        &self,
+        refusal: Refusal,
+        why: &dyn std::fmt::Display,
+    ) -> Option<(u64, String)> {
+        self.counters.count(refusal);
+        let left_out = self.log.admit()?;
+        let why = why.to_string();
+        Some((
+            left_out,
+            crate::codec::limits::truncate_for_log(&why).into_owned(),
+        ))
+    }
+
+    /// Counts `refusal` without a log line (one that is routine, such as a duplicate).
+    pub(crate) fn count(&self, refusal: Refusal) {
+        self.counters.count(refusal);
+    }
+
+    /// The counts so far.
+    pub(crate) fn snapshot(&self) -> Refusals {
+        self.counters.snapshot()
+    }
+}
+
 /// Lines of one kind a [`LogLimiter`] lets through per window.
 const LOG_LINES_PER_WINDOW: u32 = 10;
 /// A [`LogLimiter`]'s window.

@@ -16,9 +16,8 @@ use tracing::Instrument;
 
 use super::endpoint::{NotificationEndpoint, Outcome};
 use super::{IncomingNotification, Metadata, Priority};
-use crate::codec::limits;
 use crate::codec::Codec;
-use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals, Running, Serving, StopReport};
+use crate::serve::{Refusal, RefusalTally, Refusals, Running, Serving, StopReport};
 use crate::transport::{ConsumeOptions, Delivery, Inbox, Subscription, Transport, TransportError};
 use crate::Target;
 
@@ -132,8 +131,7 @@ impl NotificationListenerBuilder {
             allow_requeue: self.allow_requeue,
             max_requeues: self.max_requeues,
             max_message_size: self.transport.max_message_size(),
-            refusals: RefusalCounters::default(),
-            refusal_log: LogLimiter::default(),
+            refusals: RefusalTally::default(),
         });
         let worker = ListenLoop {
             dispatch: dispatch.clone(),
@@ -192,8 +190,7 @@ struct Dispatch {
     allow_requeue: bool,
     max_requeues: u32,
     max_message_size: usize,
-    refusals: RefusalCounters,
-    refusal_log: LogLimiter,
+    refusals: RefusalTally,
 }
 
 /// A delivery decoded into what handlers see.
@@ -206,14 +203,12 @@ impl Dispatch {
     /// Counts a notification moved to the dead-letter queue unread, and logs it (a few lines per
     /// window at most; the reason cut, since a peer controls it).
     fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, delivery: &Delivery) {
-        self.refusals.count(refusal);
-        if let Some(left_out) = self.refusal_log.admit() {
-            let why = why.to_string();
+        if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
             tracing::warn!(
                 queue = %delivery.queue,
                 bytes = delivery.body.len(),
                 left_out,
-                reason = %limits::truncate_for_log(&why),
+                %reason,
                 "notification moved to the dead-letter queue unread"
             );
         }

@@ -161,8 +161,7 @@ impl<C: Contract> ServiceClient<C> {
     /// A typed view of `client`, which keeps its timeout, cap and other settings; the
     /// contract's namespace replaces the client's.
     pub fn from_client(client: RpcClient) -> Self {
-        let mut client = client;
-        client = match C::NAMESPACE {
+        let client = match C::NAMESPACE {
             Some(namespace) => client.namespace(namespace),
             None => client.without_namespace(),
         };

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::limits;
 use crate::codec::{Codec, RpcReply};
-use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals};
+use crate::serve::{Refusal, RefusalTally, Refusals};
 use crate::transport::{ack_without_waiting, Attachment, Inbox, Transport, TransportError};
 
 /// The reply queue of a transport, kept as its attachment: opened by the first call, opened
@@ -41,8 +40,7 @@ pub(crate) struct ReplyRouter {
     waiters: Mutex<Waiters>,
     alive: AtomicBool,
     stop: CancellationToken,
-    refusals: RefusalCounters,
-    refusal_log: LogLimiter,
+    refusals: RefusalTally,
 }
 
 impl ReplyRouter {
@@ -73,8 +71,7 @@ impl ReplyRouter {
             waiters: Mutex::default(),
             alive: AtomicBool::new(true),
             stop,
-            refusals: RefusalCounters::default(),
-            refusal_log: LogLimiter::default(),
+            refusals: RefusalTally::default(),
         });
         tokio::spawn(Self::route(
             Arc::downgrade(&router),
@@ -94,16 +91,8 @@ impl ReplyRouter {
 
     /// Counts a refused reply and logs it, a few lines per window at most.
     fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
-        self.refusals.count(refusal);
-        if let Some(left_out) = self.refusal_log.admit() {
-            let why = why.to_string();
-            tracing::debug!(
-                queue = %self.queue,
-                bytes,
-                left_out,
-                reason = %limits::truncate_for_log(&why),
-                "dropped a reply"
-            );
+        if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
+            tracing::debug!(queue = %self.queue, bytes, left_out, %reason, "dropped a reply");
         }
     }
 

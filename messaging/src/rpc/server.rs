@@ -23,7 +23,7 @@ use super::dispatcher::Dispatcher;
 use super::endpoint::{Endpoint, IntoEndpoint, MethodCall, MethodService};
 use crate::codec::limits;
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
-use crate::serve::{LogLimiter, Refusal, RefusalCounters, Refusals, Running, Serving, StopReport};
+use crate::serve::{Refusal, RefusalTally, Refusals, Running, Serving, StopReport};
 use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::transport::{
     ack_without_waiting, topology, ConsumeOptions, Destination, Inbox, OutgoingMessage,
@@ -169,8 +169,7 @@ impl RpcServerBuilder {
             intake: Arc::new(Intake {
                 target: self.target.clone(),
                 seen: Mutex::new(RecentIds::new(self.dedup_window)),
-                refusals: RefusalCounters::default(),
-                refusal_log: LogLimiter::default(),
+                refusals: RefusalTally::default(),
             }),
             replies: Arc::new(ReplyPolicy::new(self.reply_retry)),
         };
@@ -281,24 +280,15 @@ struct ServerLoop {
 struct Intake {
     target: Target,
     seen: Mutex<RecentIds>,
-    refusals: RefusalCounters,
-    refusal_log: LogLimiter,
+    refusals: RefusalTally,
 }
 
 impl Intake {
     /// Counts a refused request and logs it, a few lines per window at most; the text of
     /// `why` is cut, since a peer controls it.
     fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
-        self.refusals.count(refusal);
-        if let Some(left_out) = self.refusal_log.admit() {
-            let why = why.to_string();
-            tracing::warn!(
-                target = %self.target,
-                bytes,
-                left_out,
-                reason = %limits::truncate_for_log(&why),
-                "refused an RPC request"
-            );
+        if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
+            tracing::warn!(target = %self.target, bytes, left_out, %reason, "refused an RPC request");
         }
     }
 }
