@@ -16,12 +16,15 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// What stopping a server or listener saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StopReport {
     /// Units of work (requests, batches) that finished during the drain.
     pub finished: usize,
     /// Units of work cut off at the deadline.
     pub abandoned: usize,
+    /// Queues whose consumer the broker had cancelled and that were still not consumed again
+    /// when the stop came, each with the last reason.
+    pub unrestored_queues: Vec<(String, String)>,
 }
 
 /// Messages a server, listener or reply queue refused without handing them to a handler,
@@ -316,7 +319,8 @@ mod tests {
             report,
             StopReport {
                 finished: 1,
-                abandoned: 1
+                abandoned: 1,
+                ..StopReport::default()
             }
         );
     }

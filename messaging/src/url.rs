@@ -853,7 +853,7 @@ fn is_secret_key(key: &str) -> bool {
         .any(|word| key.contains(word))
 }
 
-fn bad_option(key: &str, value: &str, expected: &str) -> UrlError {
+pub(crate) fn bad_option(key: &str, value: &str, expected: &str) -> UrlError {
     UrlError::BadOption {
         key: key.to_owned(),
         value: if is_secret_key(key) {

@@ -5,6 +5,7 @@ warnings go to stderr, which the tests show when something fails.
 """
 
 import json
+import os
 import threading
 
 from oslo_config import cfg
@@ -13,6 +14,23 @@ import oslo_messaging
 # Listener endpoints run on executor threads: one line at a time.
 _EMIT_LOCK = threading.Lock()
 
+# Whether load_config() has run: cfg.CONF can be called once.
+_CONFIG_LOADED = False
+
+
+def load_config():
+    """Loads the oslo.config file named by TIDINGS_OSLO_CONFIG_FILE, if set, into the global
+    cfg.CONF (once): how a test gives options that live only in configuration, such as
+    [oslo_messaging_rabbit] ssl, ssl_ca_file, ssl_cert_file and ssl_key_file.
+
+    Options the drivers register later still read their values from the loaded file.
+    """
+    global _CONFIG_LOADED
+    path = os.environ.get("TIDINGS_OSLO_CONFIG_FILE")
+    if path and not _CONFIG_LOADED:
+        cfg.CONF(args=[], project="tidings-interop", default_config_files=[path])
+        _CONFIG_LOADED = True
+
 
 def transport(url, allowed_remote_exmods=()):
     """An RPC transport on the global cfg.CONF.
@@ -20,6 +38,7 @@ def transport(url, allowed_remote_exmods=()):
     oslo.messaging 18.3.1 registers its tracing options on the global CONF only: a transport
     built on a private ConfigOpts fails every call and cast.
     """
+    load_config()
     return oslo_messaging.get_rpc_transport(
         cfg.CONF, url=url, allowed_remote_exmods=list(allowed_remote_exmods))
 
@@ -31,6 +50,7 @@ def notification_transport(url, exchange=None):
     A Notifier has no exchange of its own: it uses the control exchange the transport read
     when it was built, so each exchange needs its own transport.
     """
+    load_config()
     oslo_messaging.set_transport_defaults(control_exchange=exchange or "openstack")
     return oslo_messaging.get_notification_transport(cfg.CONF, url=url)
 

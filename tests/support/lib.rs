@@ -1,6 +1,9 @@
 //! Helpers shared by the cross-crate suites: a fresh, isolated bus per test on each transport,
-//! a small test endpoint, and the Python peers of the interop suites ([`python`]).
+//! a small test endpoint, the Python peers of the interop suites ([`python`]), the sustained
+//! load of the fault suites ([`load`]) and the 3-node test cluster ([`cluster`]).
 
+pub mod cluster;
+pub mod load;
 pub mod python;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

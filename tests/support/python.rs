@@ -77,12 +77,20 @@ pub struct Python {
 impl Python {
     /// Starts `script` (a file in `tests/interop/`) with `args`.
     pub fn spawn(script: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(script, args, &[])
+    }
+
+    /// Starts `script` with `args` and the environment variables `env` added (for example
+    /// `TIDINGS_OSLO_CONFIG_FILE`, an oslo.config file the scripts load; see
+    /// `tests/interop/common.py`).
+    pub fn spawn_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("interop")
             .join(script);
         let mut child = Command::new(python())
             .arg(&path)
             .args(args)
+            .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             // No __pycache__ beside the scripts in the work tree.
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -215,8 +223,13 @@ impl Outcomes {
 /// Runs `ops` (see `tests/interop/rpc_client.py`) in order with an oslo.messaging RPC client
 /// on `topic`.
 pub async fn rpc_client(bus: &Bus, topic: &str, ops: Value) -> Outcomes {
+    rpc_client_at(bus.url(), topic, ops, &[]).await
+}
+
+/// [`rpc_client`] on the transport URL `url`, with the environment variables `env` added.
+pub async fn rpc_client_at(url: &str, topic: &str, ops: Value, env: &[(&str, &str)]) -> Outcomes {
     let count = ops.as_array().map_or(0, Vec::len);
-    let lines = Python::spawn("rpc_client.py", &[bus.url(), topic, &ops.to_string()])
+    let lines = Python::spawn_with_env("rpc_client.py", &[url, topic, &ops.to_string()], env)
         .finish()
         .await;
     let outcomes: HashMap<String, Value> = lines

@@ -372,6 +372,7 @@ impl ListenLoop {
         inboxes: Vec<Inbox>,
         batch: Option<(usize, Duration)>,
     ) -> StopReport {
+        let health: Vec<_> = inboxes.iter().map(Inbox::health).collect();
         let mut deliveries: SelectAll<_> = inboxes
             .into_iter()
             .map(|inbox| {
@@ -418,8 +419,9 @@ impl ListenLoop {
         // close only after the drain: closed first, they took the channels with them and every
         // in-flight acknowledgement failed, sending handled messages round again. What arrives
         // meanwhile is never taken, and goes back to its queue when the inboxes close.
-        let report = serving.drain().await;
+        let mut report = serving.drain().await;
         drop(deliveries);
+        report.unrestored_queues = health.iter().flat_map(|h| h.unrestored()).collect();
         report
     }
 

@@ -418,8 +418,11 @@ impl ServerLoop {
             });
         }
         serving.begin_stop();
+        let health = inbox.health();
         inbox.close().await;
-        serving.drain().await
+        let mut report = serving.drain().await;
+        report.unrestored_queues = health.unrestored();
+        report
     }
 }
 

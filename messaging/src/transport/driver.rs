@@ -3,9 +3,11 @@
 //! Above this trait everything speaks in targets, encoded bodies and deliveries; below it a
 //! driver maps them onto queues and exchanges (`memory`, `amqp`). No AMQP type crosses it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +47,14 @@ pub enum Destination {
         /// Lower-case priority, e.g. `info` or `sample`.
         priority: String,
     },
+    /// One named queue, through the default exchange; the driver declares it first, as a
+    /// [`Subscription::Queue`] of that name declares it (a `<queue>.dlq` name as a dead-letter
+    /// queue, with its length limit). For moving messages by hand: into a dead-letter queue with
+    /// a body of one's own (a reason beside the message), or from one back to its queue.
+    Queue {
+        /// The queue's name.
+        name: String,
+    },
 }
 
 impl fmt::Display for Destination {
@@ -61,6 +71,7 @@ impl fmt::Display for Destination {
                 topic,
                 priority,
             } => write!(f, "{exchange}/{topic}.{priority}"),
+            Destination::Queue { name } => write!(f, "queue {name}"),
         }
     }
 }
@@ -259,11 +270,69 @@ pub(crate) fn ack_without_waiting(acker: Box<dyn Acknowledge>, what: &'static st
 /// A future run when an [`Inbox`] closes (deleting a fanout queue, cancelling consumers).
 pub type CloseHook = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// The queues of one subscription whose consumer the broker cancelled (queue deleted, its node
+/// lost, a consumer timeout) and that the driver has not yet consumed again, with the last
+/// reason. Shared by the driver, which keeps it current, and the [`Inbox`]'s owner, which reads
+/// it (a server's stop report names them).
+#[derive(Debug, Default)]
+pub struct ConsumerHealth {
+    lost: Mutex<BTreeMap<String, String>>,
+}
+
+/// Most reasons kept: one per queue of a subscription, and subscriptions have a handful.
+const MAX_LOST_QUEUES: usize = 64;
+
+impl ConsumerHealth {
+    /// Records that `queue` has no consumer, and why.
+    pub fn lost(&self, queue: &str, reason: impl fmt::Display) {
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.len() < MAX_LOST_QUEUES || lost.contains_key(queue) {
+            lost.insert(queue.to_owned(), reason.to_string());
+        }
+    }
+
+    /// Records that `queue` is consumed again.
+    pub fn restored(&self, queue: &str) {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
+    }
+
+    /// The queues without a consumer now, with the last reason each, by name.
+    pub fn unrestored(&self) -> Vec<(String, String)> {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(queue, reason)| (queue.clone(), reason.clone()))
+            .collect()
+    }
+}
+
+/// Counters of a transport's life with its broker, since it opened. Drivers without a broker
+/// (the in-memory one) report zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportStats {
+    /// Connections opened, the first ones included.
+    pub connections_opened: u64,
+    /// Consumers the broker cancelled while their connection stayed up.
+    pub consumers_cancelled: u64,
+    /// Consumers consumed again after a cancellation.
+    pub consumers_restored: u64,
+    /// Channels lost while their connection stayed up (a channel error).
+    pub channels_lost: u64,
+    /// Declarations of queues or exchanges the broker refused.
+    pub declarations_refused: u64,
+}
+
 /// The deliveries of one subscription, in arrival order. Closing it (or dropping it) stops the
 /// consumers behind it; messages not yet taken stay in their queues.
 pub struct Inbox {
     receiver: mpsc::Receiver<Delivery>,
     on_close: Option<CloseHook>,
+    health: Arc<ConsumerHealth>,
 }
 
 impl fmt::Debug for Inbox {
@@ -275,7 +344,23 @@ impl fmt::Debug for Inbox {
 impl Inbox {
     /// An inbox fed by `receiver`; `on_close` runs when it closes.
     pub fn new(receiver: mpsc::Receiver<Delivery>, on_close: Option<CloseHook>) -> Self {
-        Self { receiver, on_close }
+        Self {
+            receiver,
+            on_close,
+            health: Arc::default(),
+        }
+    }
+
+    /// The same inbox, reporting its consumers' state through `health`.
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<ConsumerHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Which of the subscription's queues are without a consumer now.
+    pub fn health(&self) -> Arc<ConsumerHealth> {
+        self.health.clone()
     }
 
     /// The next delivery; `None` once the driver has stopped feeding this inbox (connection
@@ -329,4 +414,9 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
 
     /// Closes connections; later calls fail with [`TransportError::Closed`].
     async fn close(&self);
+
+    /// Counters of the driver's connections and consumers.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
+    }
 }

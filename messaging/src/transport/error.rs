@@ -40,6 +40,13 @@ pub enum TransportError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// No host of the URL could be reached when the transport opened (refused, timed out, a
+    /// TLS certificate not trusted); the message names each host and its error.
+    #[error("cannot reach the broker: {0}")]
+    Unreachable(String),
+    /// TLS could not be set up: a certificate or key file that does not load.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The transport was closed by its owner.
     #[error("transport is closed")]
     Closed,

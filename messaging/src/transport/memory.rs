@@ -338,8 +338,15 @@ impl Driver for MemoryDriver {
             redelivered: false,
             requeues: 0,
         };
+        // A message moved into a dead-letter queue by hand is bounded like one dead-lettered.
+        let dead_letter = matches!(destination, Destination::Queue { name }
+            if name.ends_with(topology::DEAD_LETTER_SUFFIX));
         for queue in queues {
-            queue.push(stored.clone());
+            if dead_letter {
+                queue.push_bounded(stored.clone(), DEAD_LETTER_MAX_LENGTH);
+            } else {
+                queue.push(stored.clone());
+            }
         }
         Ok(())
     }

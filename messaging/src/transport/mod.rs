@@ -17,8 +17,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 pub use driver::{
-    dead_letter_queue, Acknowledge, CloseHook, ConsumeOptions, Delivery, Destination, Driver,
-    Inbox, OutgoingMessage, Subscription,
+    dead_letter_queue, Acknowledge, CloseHook, ConsumeOptions, ConsumerHealth, Delivery,
+    Destination, Driver, Inbox, OutgoingMessage, Subscription, TransportStats,
 };
 pub use error::TransportError;
 
@@ -150,6 +150,11 @@ impl Transport {
                 attachments: Mutex::default(),
             }),
         }
+    }
+
+    /// Counters of the transport's connections and consumers since it opened.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.driver.stats()
     }
 
     /// The URL this transport was opened with (prints without passwords).

@@ -176,19 +176,10 @@ impl SubscriptionPlan {
                     delete_on_close: Some(fanout),
                 }
             }
-            Subscription::Queue { name } => {
-                // Dead-letter queues are named `<queue>.dlq`: whoever declares one, the listener
-                // that fills it or an operator's consumer that drains it, declares it alike.
-                let role = if name.ends_with(DEAD_LETTER_SUFFIX) {
-                    QueueRole::DeadLetter
-                } else {
-                    QueueRole::Shared
-                };
-                Self {
-                    queues: vec![QueuePlan::new(name.clone(), role)],
-                    delete_on_close: None,
-                }
-            }
+            Subscription::Queue { name } => Self {
+                queues: vec![QueuePlan::new(name.clone(), named_queue_role(name))],
+                delete_on_close: None,
+            },
             Subscription::Notifications {
                 exchange,
                 topics,
@@ -217,6 +208,17 @@ impl SubscriptionPlan {
                 }
             }
         }
+    }
+}
+
+/// The role of a queue known only by its name ([`Subscription::Queue`], [`Destination::Queue`]).
+/// Dead-letter queues are named `<queue>.dlq`: whoever declares one, the listener that fills it,
+/// a consumer that drains it or a publisher that moves a message into it, declares it alike.
+fn named_queue_role(name: &str) -> QueueRole {
+    if name.ends_with(DEAD_LETTER_SUFFIX) {
+        QueueRole::DeadLetter
+    } else {
+        QueueRole::Shared
     }
 }
 
@@ -269,6 +271,11 @@ impl<'a> Route<'a> {
                 routing_key: Cow::Owned(notification_queue(topic, priority)),
                 declares_queue: true,
             },
+            Destination::Queue { name } => Self {
+                exchange: None,
+                routing_key: Cow::Borrowed(name),
+                declares_queue: true,
+            },
         }
     }
 
@@ -277,10 +284,13 @@ impl<'a> Route<'a> {
         if !self.declares_queue {
             return None;
         }
-        let queue = QueuePlan::new(self.routing_key.as_ref(), QueueRole::Shared);
         Some(match &self.exchange {
-            Some(exchange) => queue.bound(exchange.clone().into_owned(), self.routing_key.as_ref()),
-            None => queue,
+            Some(exchange) => QueuePlan::new(self.routing_key.as_ref(), QueueRole::Shared)
+                .bound(exchange.clone().into_owned(), self.routing_key.as_ref()),
+            None => QueuePlan::new(
+                self.routing_key.as_ref(),
+                named_queue_role(&self.routing_key),
+            ),
         })
     }
 }
@@ -342,6 +352,26 @@ mod tests {
         };
         assert_eq!(Route::of(&reply).exchange, None);
         assert_eq!(Route::of(&reply).declared_queue(), None);
+    }
+
+    #[test]
+    fn a_named_queue_is_declared_unbound_and_a_dlq_name_as_a_dead_letter_queue() {
+        let dlq = Destination::Queue {
+            name: "metering.sample.dlq".into(),
+        };
+        let route = Route::of(&dlq);
+        assert_eq!(route.exchange, None);
+        assert_eq!(route.routing_key, "metering.sample.dlq");
+        let queue = route.declared_queue().unwrap();
+        assert_eq!(queue.role, QueueRole::DeadLetter);
+        assert!(queue.bindings.is_empty());
+        let back = Destination::Queue {
+            name: "metering.sample".into(),
+        };
+        assert_eq!(
+            Route::of(&back).declared_queue().unwrap().role,
+            QueueRole::Shared
+        );
     }
 
     #[test]

@@ -2,12 +2,21 @@
 //! one [`Inbox`]. When the connection is lost, a resubscribing consumer declares its queues and
 //! consumes again on the next connection; a one-shot consumer (the reply queue) ends its inbox,
 //! so calls waiting on it fail at once instead of waiting out their timeouts.
+//!
+//! The broker can also end one consumer while the connection stays up (`basic.cancel`: its
+//! queue was deleted, its node lost, a consumer timeout) or close the channel (a channel
+//! error). Neither is a connection event, so each is handled here: a cancelled queue is declared
+//! again and consumed again on the same channel, with backoff, while its siblings go on; a lost
+//! channel is replaced on the same connection. Declarations run on a channel of their own,
+//! because a refused one closes the channel it was made on.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::stream::{SelectAll, StreamExt};
+use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -17,8 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::acks::AckBatcher;
 use super::declare::QueueSpec;
-use super::link::{Link, Session};
-use crate::transport::driver::{Acknowledge, Delivery};
+use super::link::{Backoff, Link, Session, STABLE_SESSION};
+use super::Counters;
+use crate::codec::limits;
+use crate::transport::driver::{Acknowledge, ConsumerHealth, Delivery};
 use crate::transport::TransportError;
 
 /// What a consumer consumes, and whether it survives a lost connection.
@@ -33,6 +44,9 @@ pub(super) struct ConsumerSpec {
     pub(super) auto_ack: bool,
     /// Where requeued and dead-lettered messages are published from.
     pub(super) republisher: Arc<Republisher>,
+    /// Which queues are without a consumer now; read by the inbox's owner.
+    pub(super) health: Arc<ConsumerHealth>,
+    pub(super) counters: Arc<Counters>,
 }
 
 /// Header counting how many times tidings requeued a message.
@@ -138,7 +152,17 @@ pub(super) async fn start(
 enum Ended {
     InboxClosed,
     ConnectionLost,
+    /// The channel closed while the connection stayed up.
+    ChannelLost,
+    /// A consumed queue is gone though the broker never said so: consume everything again.
+    QueueVanished(String),
 }
+
+/// How often a consumer checks that its queues still exist. The broker tells a consumer when
+/// its queue goes (`basic.cancel`), but not always: RabbitMQ 3.10 can lose the notice when a
+/// quorum queue is deleted under load, and the consumer then waits on a queue that is no more.
+/// A passive declaration per queue this often is the cost of never waiting for ever.
+const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn run(
     link: Arc<Link>,
@@ -148,38 +172,207 @@ async fn run(
     ready: oneshot::Sender<Result<(), TransportError>>,
 ) {
     let mut ready = Some(ready);
+    let mut backoff = Backoff::new(&spec.republisher.options);
     loop {
+        let started = Instant::now();
         let outcome = consume_on(&session, &spec, &sender, &mut ready).await;
         match outcome {
             Ok(Ended::InboxClosed) => return,
             Ok(Ended::ConnectionLost) => {
                 tracing::info!(queues = ?queue_names(&spec), "consumer lost its connection");
             }
+            Ok(Ended::ChannelLost) => {
+                spec.counters.add(&spec.counters.channels_lost);
+                tracing::warn!(queues = ?queue_names(&spec), "the broker closed the consumer's channel; opening another");
+            }
+            Ok(Ended::QueueVanished(queue)) => {
+                spec.counters.add(&spec.counters.consumers_cancelled);
+                spec.health
+                    .lost(&queue, "queue gone without a cancel from the broker");
+                tracing::warn!(%queue, "a consumed queue is gone and the broker did not say so; consuming again");
+            }
             Err(error) => {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(error));
                     return;
                 }
-                tracing::warn!(%error, queues = ?queue_names(&spec), "could not consume again; retrying on the next connection");
-                session.mark_dead();
+                tracing::warn!(%error, queues = ?queue_names(&spec), "could not consume again; retrying");
             }
         }
-        if !spec.resubscribe {
-            return;
+        if started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
         }
-        let next = tokio::select! {
-            next = link.session_after(session.generation) => next,
-            () = sender.closed() => return,
-        };
-        match next {
-            Ok(next) => session = next,
-            Err(_) => return,
+        // While the connection lives, wait before trying again: a channel the broker keeps
+        // closing must not be reopened in a tight loop. A lost connection is the link's to back
+        // off from.
+        if !session.is_dead() {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_wait()) => {}
+                () = sender.closed() => return,
+            }
+        }
+        if session.is_dead() {
+            if !spec.resubscribe {
+                return;
+            }
+            let next = tokio::select! {
+                next = link.session_after(session.generation) => next,
+                () = sender.closed() => return,
+            };
+            match next {
+                Ok(next) => session = next,
+                Err(_) => return,
+            }
         }
     }
 }
 
 fn queue_names(spec: &ConsumerSpec) -> Vec<&str> {
     spec.queues.iter().map(|q| q.name.as_str()).collect()
+}
+
+/// One queue's deliveries, tagged with the queue's index, and a last `None` when its consumer
+/// ends, so that the end of one consumer among several is seen.
+type QueueStream = BoxStream<
+    'static,
+    (
+        usize,
+        Option<Result<lapin::message::Delivery, lapin::Error>>,
+    ),
+>;
+
+fn queue_stream(index: usize, consumer: lapin::Consumer) -> QueueStream {
+    consumer
+        .map(move |delivery| (index, Some(delivery)))
+        .chain(stream::once(async move { (index, None) }))
+        .boxed()
+}
+
+/// A queue being consumed again after its consumer ended: its index, and the new consumer or
+/// the error that ended the attempts (the channel or connection went).
+type Restoring<'a> =
+    Pin<Box<dyn Future<Output = (usize, Result<lapin::Consumer, TransportError>)> + Send + 'a>>;
+
+/// Declares `queue` (on a channel of its own) and consumes it on `channel`.
+async fn subscribe_queue(
+    session: &Session,
+    channel: &Channel,
+    queue: &QueueSpec,
+    spec: &ConsumerSpec,
+) -> Result<lapin::Consumer, TransportError> {
+    // A refused declaration closes the channel it was made on: made on the consuming channel,
+    // it would take the subscription's other consumers with it.
+    let scratch = session
+        .connection
+        .create_channel()
+        .await
+        .map_err(driver_error)?;
+    let declared = queue.declare(&scratch).await;
+    if scratch.status().connected() {
+        let _ = scratch.close(200, "declared".into()).await;
+    }
+    if let Err(error) = declared {
+        if matches!(error.kind(), lapin::ErrorKind::ProtocolError(_)) {
+            spec.counters.add(&spec.counters.declarations_refused);
+        }
+        return Err(TransportError::Driver(format!(
+            "declaring queue {} and its bindings: {}",
+            queue.name,
+            limits::truncate_for_log(&error.to_string())
+        )));
+    }
+    channel
+        .basic_consume(
+            queue.name.as_str().into(),
+            format!("tidings-{}", crate::transport::topology::new_id()).into(),
+            BasicConsumeOptions {
+                no_ack: spec.auto_ack,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| TransportError::Driver(format!("consuming queue {}: {error}", queue.name)))
+}
+
+/// Declares and consumes queue `index` again until it works, backing off between attempts;
+/// gives up only when the channel or the connection is gone.
+async fn restore<'a>(
+    session: &'a Session,
+    channel: &'a Channel,
+    spec: &'a ConsumerSpec,
+    index: usize,
+    wait_first: bool,
+) -> (usize, Result<lapin::Consumer, TransportError>) {
+    let queue = &spec.queues[index];
+    let mut backoff = Backoff::new(&spec.republisher.options);
+    let mut attempts: u32 = 0;
+    loop {
+        if wait_first || attempts > 0 {
+            tokio::time::sleep(backoff.next_wait()).await;
+        }
+        attempts = attempts.saturating_add(1);
+        match subscribe_queue(session, channel, queue, spec).await {
+            Ok(consumer) => return (index, Ok(consumer)),
+            Err(error) if session.is_dead() || !channel.status().connected() => {
+                return (index, Err(error));
+            }
+            Err(error) => {
+                // The first failures, then one in twenty: a queue that stays broken for an
+                // hour logs a few hundred lines, not thousands.
+                if attempts <= 3 || attempts % 20 == 0 {
+                    tracing::warn!(%error, queue = %queue.name, attempts, "queue still without a consumer; retrying with backoff");
+                }
+                spec.health.lost(&queue.name, &error);
+            }
+        }
+    }
+}
+
+/// The first of `queues` that no longer exists, checked with passive declarations on a channel
+/// of their own (a missing queue closes the channel it is asked on). `None` when all exist or
+/// the check itself could not run (the connection's own handling covers that).
+async fn vanished_queue<'q>(
+    session: &Session,
+    queues: impl Iterator<Item = &'q QueueSpec>,
+) -> Option<String> {
+    let mut scratch = session.connection.create_channel().await.ok()?;
+    for queue in queues {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        let checked = scratch
+            .queue_declare(queue.name.as_str().into(), passive, FieldTable::default())
+            .await;
+        match checked {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => return Some(queue.name.clone()),
+            Err(_) => return None,
+        }
+        if !scratch.status().connected() {
+            scratch = session.connection.create_channel().await.ok()?;
+        }
+    }
+    let _ = scratch.close(200, "checked".into()).await;
+    None
+}
+
+/// Whether the broker answered that the entity does not exist.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
+/// Why a consumer stream ended or failed: the connection, the channel, or (both alive) the
+/// broker cancelled this one consumer.
+fn classify(session: &Session, channel: &Channel) -> Option<Ended> {
+    if session.is_dead() {
+        Some(Ended::ConnectionLost)
+    } else if !channel.status().connected() {
+        Some(Ended::ChannelLost)
+    } else {
+        None
+    }
 }
 
 async fn consume_on(
@@ -193,55 +386,121 @@ async fn consume_on(
         .create_channel()
         .await
         .map_err(driver_error)?;
-    let mut consumers = SelectAll::new();
-    let setup = async {
-        channel
-            .basic_qos(spec.prefetch, BasicQosOptions::default())
-            .await?;
-        for queue in &spec.queues {
-            queue.declare(&channel).await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.name.as_str().into(),
-                    format!("tidings-{}", crate::transport::topology::new_id()).into(),
-                    BasicConsumeOptions {
-                        no_ack: spec.auto_ack,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            let name = queue.name.clone();
-            consumers.push(consumer.map(move |delivery| (name.clone(), delivery)));
-        }
-        Ok::<_, lapin::Error>(())
-    };
-    if let Err(error) = setup.await {
-        let _ = channel.close(200, "setup failed".into()).await;
+    if let Err(error) = channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await
+    {
+        close_quietly(&channel).await;
         return Err(driver_error(error));
+    }
+    let mut consumers: SelectAll<QueueStream> = SelectAll::new();
+    let mut restoring: FuturesUnordered<Restoring<'_>> = FuturesUnordered::new();
+    // Queues whose consumer is being restored are not checked: their restore declares them.
+    let mut consumed = vec![true; spec.queues.len()];
+    for (index, queue) in spec.queues.iter().enumerate() {
+        match subscribe_queue(session, &channel, queue, spec).await {
+            Ok(consumer) => {
+                spec.health.restored(&queue.name);
+                consumers.push(queue_stream(index, consumer));
+            }
+            // The first subscription reports its error to the caller; so does a channel or
+            // connection that went during the set-up.
+            Err(error) if ready.is_some() || classify(session, &channel).is_some() => {
+                close_quietly(&channel).await;
+                return Err(error);
+            }
+            // Later, one queue that cannot be declared does not keep its siblings unconsumed.
+            Err(error) => {
+                tracing::warn!(%error, queue = %queue.name, "queue without a consumer; retrying with backoff");
+                spec.health.lost(&queue.name, &error);
+                consumed[index] = false;
+                let channel = &channel;
+                restoring.push(Box::pin(restore(session, channel, spec, index, true)));
+            }
+        }
     }
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
     // Every delivery settles through this; acknowledgements are sent in batches by this task.
     let acks = Arc::new(AckBatcher::new(channel.clone()));
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + QUEUE_CHECK_INTERVAL,
+        QUEUE_CHECK_INTERVAL,
+    );
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The check runs beside the deliveries, not in their way.
+    let mut checking: Option<Pin<Box<dyn Future<Output = Option<String>> + Send + '_>>> = None;
     let ended = loop {
-        let next = tokio::select! {
-            next = consumers.next() => next,
+        let (index, delivery) = tokio::select! {
+            _ = check.tick(), if checking.is_none() => {
+                let live: Vec<&QueueSpec> = spec
+                    .queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| consumed[*i])
+                    .map(|(_, q)| q)
+                    .collect();
+                checking = Some(Box::pin(vanished_queue(session, live.into_iter())));
+                continue;
+            }
+            vanished = async { checking.as_mut()?.await }, if checking.is_some() => {
+                checking = None;
+                match vanished {
+                    Some(queue) => break Ended::QueueVanished(queue),
+                    None => continue,
+                }
+            }
+            next = consumers.next(), if !consumers.is_empty() => match next {
+                Some(next) => next,
+                None => continue,
+            },
+            restored = restoring.next(), if !restoring.is_empty() => {
+                let Some((index, restored)) = restored else { continue };
+                let queue = &spec.queues[index].name;
+                match restored {
+                    Ok(consumer) => {
+                        spec.counters.add(&spec.counters.consumers_restored);
+                        spec.health.restored(queue);
+                        tracing::info!(%queue, "queue consumed again");
+                        consumers.push(queue_stream(index, consumer));
+                        consumed[index] = true;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %queue, "gave up consuming again");
+                        break classify(session, &channel).unwrap_or(Ended::ChannelLost);
+                    }
+                }
+            }
             () = sender.closed() => break Ended::InboxClosed,
             () = acks.wait_pending() => {
                 acks.flush();
                 continue;
             }
         };
-        let Some((queue, delivery)) = next else {
-            break Ended::ConnectionLost;
-        };
+        let queue = &spec.queues[index].name;
         let delivery = match delivery {
-            Ok(delivery) => delivery,
-            Err(error) => {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
                 tracing::debug!(%error, %queue, "consumer stream failed");
-                break Ended::ConnectionLost;
+                match classify(session, &channel) {
+                    Some(ended) => break ended,
+                    // The stream ends next; its end is handled below.
+                    None => continue,
+                }
+            }
+            None => {
+                if let Some(ended) = classify(session, &channel) {
+                    break ended;
+                }
+                spec.counters.add(&spec.counters.consumers_cancelled);
+                spec.health.lost(queue, "consumer cancelled by the broker");
+                consumed[index] = false;
+                tracing::warn!(%queue, "the broker cancelled the consumer (queue deleted, its node lost, or a consumer timeout); consuming it again");
+                let channel = &channel;
+                restoring.push(Box::pin(restore(session, channel, spec, index, false)));
+                continue;
             }
         };
         let content_type = delivery
@@ -280,7 +539,7 @@ async fn consume_on(
             content_type,
             delivery.redelivered,
             requeues,
-            queue,
+            queue.clone(),
             Box::new(acker),
         )
         .with_expiration(expiration);
@@ -297,9 +556,14 @@ async fn consume_on(
             Err(_) => break Ended::InboxClosed,
         }
     };
+    // Attempts still running stop here; the next consume_on declares their queues again.
+    drop(restoring);
+    drop(checking);
     // From here on acknowledgements go straight to the channel (failing once it is closed).
     acks.stop();
-    if matches!(ended, Ended::InboxClosed) {
+    // A channel whose queue vanished still feeds the siblings' consumers: close it, and its
+    // unacknowledged deliveries go back to their queues for the next channel.
+    if matches!(ended, Ended::InboxClosed | Ended::QueueVanished(_)) {
         close_quietly(&channel).await;
     }
     Ok(ended)

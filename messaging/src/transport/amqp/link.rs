@@ -9,16 +9,18 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{watch, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::options::AmqpOptions;
+use super::options::{AmqpOptions, TlsOptions};
+use super::Counters;
 use crate::transport::TransportError;
 use crate::url::{Scheme, TransportUrl};
 
@@ -105,6 +107,25 @@ impl Session {
         Ok(channel)
     }
 
+    /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The
+    /// old one is closed a little later, when confirms still in flight on it have come back.
+    pub(super) fn discard_publisher(&self, channel: &Arc<Channel>) {
+        let mut slot = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, channel))
+        {
+            *slot = None;
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DISCARDED_CHANNEL_GRACE).await;
+                if channel.status().connected() {
+                    let _ = channel.close(200, "refused publishes".into()).await;
+                }
+            });
+        }
+    }
+
     /// The publishing channel if it is open.
     fn open_publisher(&self) -> Option<Arc<Channel>> {
         self.publisher
@@ -139,6 +160,9 @@ impl Session {
     }
 }
 
+/// How long a discarded publishing channel stays open for the confirms still due on it.
+const DISCARDED_CHANNEL_GRACE: Duration = Duration::from_secs(5);
+
 /// A connection kept alive for one purpose (sending or listening).
 #[derive(Debug)]
 pub(super) struct Link {
@@ -153,23 +177,31 @@ impl Link {
         url: &TransportUrl,
         options: &AmqpOptions,
         purpose: &'static str,
+        counters: Arc<Counters>,
     ) -> Result<Arc<Link>, TransportError> {
         let uris = amqp_uris(url, options)?;
+        let tls = if options.tls.enabled {
+            Some(tls_config(&options.tls).await?)
+        } else {
+            None
+        };
         let (sender, receiver) = watch::channel(None);
         let stop = CancellationToken::new();
         let keeper = Keeper {
             uris,
             next_host: 0,
             options: options.clone(),
+            tls,
             purpose,
             sender,
             stop: stop.clone(),
             generation: 0,
+            counters,
         };
         let first = tokio::time::timeout(options.connection_timeout, keeper.first_connection())
             .await
             .map_err(|_| {
-                TransportError::ConnectionLost(format!(
+                TransportError::Unreachable(format!(
                     "no broker answered at {url} within {:?}",
                     options.connection_timeout
                 ))
@@ -237,35 +269,56 @@ struct Keeper {
     uris: Vec<AMQPUri>,
     next_host: usize,
     options: AmqpOptions,
+    /// Certificates and key when the connection is TLS.
+    tls: Option<OwnedTLSConfig>,
     purpose: &'static str,
     sender: watch::Sender<Option<Arc<Session>>>,
     stop: CancellationToken,
     generation: u64,
+    counters: Arc<Counters>,
 }
+
+/// A session that dies sooner than this after it opened counts as a failed connect for the
+/// backoff: a broker that accepts connections and closes them at once (a refused declaration
+/// in a loop, an exhausted resource) must not be met with a reconnection storm.
+pub(super) const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 impl Keeper {
     /// Tries every host once, in order, until one connects.
     async fn first_connection(mut self) -> Result<Self, TransportError> {
-        let mut last_error = None;
+        let mut errors = Vec::new();
         for _ in 0..self.uris.len() {
             match self.connect_next().await {
                 Ok(()) => return Ok(self),
-                Err(error) => last_error = Some(error),
+                Err((host, error)) => errors.push(format!("{host}: {error}")),
             }
         }
-        Err(TransportError::ConnectionLost(
-            last_error.map_or_else(|| "no hosts".to_owned(), |e| e.to_string()),
-        ))
+        let over = if self.tls.is_some() { " over TLS" } else { "" };
+        Err(TransportError::Unreachable(format!(
+            "could not connect{over} to any host ({})",
+            errors.join("; ")
+        )))
     }
 
-    async fn connect_next(&mut self) -> Result<(), lapin::Error> {
+    /// Connects to the next host in turn; on failure, says which host refused.
+    async fn connect_next(&mut self) -> Result<(), (String, lapin::Error)> {
         let uri = self.uris[self.next_host % self.uris.len()].clone();
         self.next_host = self.next_host.wrapping_add(1);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
         let properties = ConnectionProperties::default().with_connection_name(
             format!("tidings:{}:{}", self.purpose, std::process::id()).into(),
         );
-        let connection = Connection::connect_uri(uri, properties).await?;
+        self.counters.add(&self.counters.connections_opened);
+        let connected = match &self.tls {
+            Some(tls) => match lapin::runtime::default_runtime() {
+                Ok(runtime) => {
+                    Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime).await
+                }
+                Err(error) => Err(error),
+            },
+            None => Connection::connect_uri(uri, properties).await,
+        };
+        let connection = connected.map_err(|error| (host.clone(), error))?;
         self.generation += 1;
         tracing::info!(%host, purpose = self.purpose, generation = self.generation, "connected to the broker");
         let session = Arc::new(Session {
@@ -284,6 +337,10 @@ impl Keeper {
 
     /// Waits for the session to die, then reconnects with jittered exponential backoff.
     async fn run(mut self) {
+        // The delay before the next connect grows across failed connects and sessions that die
+        // young, and starts over once a session has lasted.
+        let mut backoff = Backoff::new(&self.options);
+        let mut opened = Instant::now();
         loop {
             let current = self.sender.borrow().clone();
             if let Some(session) = current {
@@ -291,43 +348,68 @@ impl Keeper {
                     () = session.wait_dead() => {}
                     () = self.stop.cancelled() => return,
                 }
+                let lived = opened.elapsed();
                 tracing::warn!(
                     purpose = self.purpose,
                     generation = session.generation,
+                    ?lived,
                     "connection to the broker lost; reconnecting"
                 );
+                if lived < STABLE_SESSION {
+                    let wait = backoff.next_wait();
+                    tracing::debug!(
+                        ?wait,
+                        purpose = self.purpose,
+                        "the connection died young; backing off"
+                    );
+                    self.sender.send_replace(None);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.stop.cancelled() => return,
+                    }
+                } else {
+                    backoff.reset();
+                }
             }
             self.sender.send_replace(None);
-            let mut delay = self.options.retry_interval;
             loop {
                 match self.connect_next().await {
                     Ok(()) => break,
-                    Err(error) => {
-                        let wait = jitter(delay);
-                        tracing::debug!(%error, ?wait, purpose = self.purpose, "reconnect failed");
+                    Err((host, error)) => {
+                        let wait = backoff.next_wait();
+                        tracing::debug!(%host, %error, ?wait, purpose = self.purpose, "reconnect failed");
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
                             () = self.stop.cancelled() => return,
                         }
-                        delay = (delay * 2).min(self.options.retry_interval_max);
                     }
                 }
             }
+            opened = Instant::now();
         }
     }
 }
 
 /// Marks the session dead on the connection's first error event.
+///
+/// lapin reports a channel's error (a refused declaration, say) on the same event stream, with
+/// the connection still up: that one is the channel owner's to handle. Taken for a lost
+/// connection, it made every refused declaration a reconnection.
 fn watch_connection_events(session: &Arc<Session>) {
     let mut events = session.connection.events_listener();
     let weak = Arc::downgrade(session);
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             if let lapin::Event::Error(error) = event {
-                if let Some(session) = weak.upgrade() {
-                    tracing::debug!(%error, generation = session.generation, "connection error");
-                    session.mark_dead();
+                let Some(session) = weak.upgrade() else {
+                    return;
+                };
+                if session.connection.status().connected() {
+                    tracing::debug!(%error, generation = session.generation, "channel error");
+                    continue;
                 }
+                tracing::debug!(%error, generation = session.generation, "connection error");
+                session.mark_dead();
                 return;
             }
         }
@@ -336,6 +418,74 @@ fn watch_connection_events(session: &Arc<Session>) {
             session.mark_dead();
         }
     });
+}
+
+/// The TLS settings of a connection: the CA file's certificates trusted beside the system's,
+/// and the client certificate when one is configured. Files are read once, when the transport
+/// opens, so a missing or unreadable one is an error at start, not at the first reconnect.
+async fn tls_config(tls: &TlsOptions) -> Result<OwnedTLSConfig, TransportError> {
+    async fn read(key: &str, path: &std::path::Path) -> Result<Vec<u8>, TransportError> {
+        let bytes = tokio::fs::read(path).await.map_err(|error| {
+            TransportError::Tls(format!("cannot read {key} {}: {error}", path.display()))
+        })?;
+        if !bytes.starts_with(b"-----BEGIN") && !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+            return Err(TransportError::Tls(format!(
+                "{key} {} is not a PEM file",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+    let cert_chain = match &tls.ca_file {
+        Some(path) => {
+            let pem = read("ssl_ca_file", path).await?;
+            Some(String::from_utf8(pem).map_err(|_| {
+                TransportError::Tls(format!("ssl_ca_file {} is not text", path.display()))
+            })?)
+        }
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read("ssl_cert_file", cert).await?,
+            key: read("ssl_key_file", key).await?,
+        }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// Jittered exponential backoff between attempts: from the first delay, doubling up to a cap.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(options: &AmqpOptions) -> Self {
+        Self {
+            first: options.retry_interval,
+            cap: options.retry_interval_max,
+            next: options.retry_interval,
+        }
+    }
+
+    /// How long to wait before the next attempt; the one after waits twice as long.
+    pub(super) fn next_wait(&mut self) -> Duration {
+        let wait = jitter(self.next);
+        self.next = (self.next * 2).min(self.cap);
+        wait
+    }
+
+    /// Starts over from the first delay (after a success that lasted).
+    pub(super) fn reset(&mut self) {
+        self.next = self.first;
+    }
 }
 
 /// ±20% random jitter, so many clients do not reconnect in lock step.
@@ -348,9 +498,9 @@ fn jitter(delay: Duration) -> Duration {
 /// The URL's hosts as lapin URIs, one per host, in order.
 fn amqp_uris(url: &TransportUrl, options: &AmqpOptions) -> Result<Vec<AMQPUri>, TransportError> {
     let scheme = match url.scheme() {
-        Scheme::Amqps => AMQPScheme::AMQPS,
-        Scheme::Rabbit | Scheme::Amqp => AMQPScheme::AMQP,
         Scheme::Memory => return Err(TransportError::UnsupportedScheme("memory".to_owned())),
+        Scheme::Rabbit | Scheme::Amqp | Scheme::Amqps if options.tls.enabled => AMQPScheme::AMQPS,
+        Scheme::Rabbit | Scheme::Amqp | Scheme::Amqps => AMQPScheme::AMQP,
     };
     let uris: Vec<AMQPUri> = url
         .hosts()

@@ -12,6 +12,7 @@ mod declare;
 mod link;
 mod options;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,18 +21,26 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 
-pub use options::{AmqpOptions, DeadLetterOverflow};
+pub use options::{AmqpOptions, DeadLetterOverflow, TlsOptions, KNOWN_OPTIONS};
 
 use self::consume::ConsumerSpec;
 use self::declare::{ExchangeSpec, QueueSpec};
-use self::link::{Declaration, Link, Session};
+use self::link::{Backoff, Declaration, Link, Session};
 use super::driver::{
-    CloseHook, ConsumeOptions, Delivery, Destination, Driver, Inbox, OutgoingMessage, Subscription,
+    CloseHook, ConsumeOptions, ConsumerHealth, Delivery, Destination, Driver, Inbox,
+    OutgoingMessage, Subscription, TransportStats,
 };
 use super::topology::{self, Route, SubscriptionPlan};
 use super::TransportError;
 use crate::codec::limits;
 use crate::url::TransportUrl;
+
+/// A log directive for programs that use this driver: lapin logs every message the broker
+/// returns as unroutable at warn level, with its whole body as a list of bytes (a flood of
+/// megabytes when a server is away); the driver reports unroutable messages itself, so lapin's
+/// line is kept to errors. Add it to the `tracing_subscriber::EnvFilter`:
+/// `filter.add_directive(QUIET_LAPIN_RETURNS.parse()?)`.
+pub const QUIET_LAPIN_RETURNS: &str = "lapin::returned_messages=error";
 
 /// Replies handed out before the router acknowledged earlier ones.
 const REPLY_PREFETCH: u16 = 256;
@@ -43,12 +52,43 @@ pub struct AmqpDriver {
     send: Arc<Link>,
     listen: Arc<Link>,
     republisher: Arc<consume::Republisher>,
+    counters: Arc<Counters>,
+}
+
+/// The live counters behind [`TransportStats`], shared by the links and consumers.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    connections_opened: AtomicU64,
+    consumers_cancelled: AtomicU64,
+    consumers_restored: AtomicU64,
+    channels_lost: AtomicU64,
+    declarations_refused: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TransportStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TransportStats {
+            connections_opened: read(&self.connections_opened),
+            consumers_cancelled: read(&self.consumers_cancelled),
+            consumers_restored: read(&self.consumers_restored),
+            channels_lost: read(&self.channels_lost),
+            declarations_refused: read(&self.declarations_refused),
+        }
+    }
 }
 
 /// Why one publish attempt failed.
 enum Attempt {
     /// The connection went away: try again on the next one.
     Retry(TransportError),
+    /// The broker answered with a negative confirm (a quorum queue electing a leader, say):
+    /// try again, after a backoff, on a fresh publishing channel.
+    Nacked(TransportError),
     /// A final answer.
     Fail(TransportError),
 }
@@ -56,10 +96,30 @@ enum Attempt {
 impl AmqpDriver {
     /// Connects to the broker named by `url` (every host tried once in order), then keeps the
     /// connections up.
+    ///
+    /// Query options the driver does not know are named in a warning, once: a typo such as
+    /// `rabit_quorum_queue` would otherwise change nothing without a word.
     pub async fn connect(url: &TransportUrl) -> Result<Self, TransportError> {
         let options = AmqpOptions::from_url(url)?;
-        let send = Link::open(url, &options, "send").await?;
-        let listen = Link::open(url, &options, "listen").await?;
+        let unknown = AmqpOptions::unknown_options(url);
+        if !unknown.is_empty() {
+            tracing::warn!(
+                options = ?unknown,
+                "the transport URL has options this driver does not know; they are ignored"
+            );
+        }
+        Self::connect_with(url, options).await
+    }
+
+    /// Connects to the broker named by `url` with `options` given in code rather than read
+    /// from the URL's query.
+    pub async fn connect_with(
+        url: &TransportUrl,
+        options: AmqpOptions,
+    ) -> Result<Self, TransportError> {
+        let counters = Arc::new(Counters::default());
+        let send = Link::open(url, &options, "send", counters.clone()).await?;
+        let listen = Link::open(url, &options, "listen", counters.clone()).await?;
         let republisher = Arc::new(consume::Republisher {
             send: send.clone(),
             options: options.clone(),
@@ -69,6 +129,7 @@ impl AmqpDriver {
             send,
             listen,
             republisher,
+            counters,
         })
     }
 
@@ -119,7 +180,11 @@ impl AmqpDriver {
             .map_err(lost)?;
         let confirmation = confirm.await.map_err(lost)?;
         if confirmation.is_nack() {
-            return Err(Attempt::Fail(TransportError::Rejected {
+            // A channel that was publishing to a quorum queue when its leader died can go on
+            // being refused long after a new leader is elected (RabbitMQ 3.10 keeps the
+            // channel's view of the queue); a new channel is served at once.
+            session.discard_publisher(&channel);
+            return Err(Attempt::Nacked(TransportError::Rejected {
                 destination: destination.to_string(),
                 reason: "negative publisher confirm".to_owned(),
             }));
@@ -173,14 +238,17 @@ impl AmqpDriver {
         prefetch: u16,
         resubscribe: bool,
         auto_ack: bool,
-    ) -> Result<mpsc::Receiver<Delivery>, TransportError> {
+    ) -> Result<(mpsc::Receiver<Delivery>, Arc<ConsumerHealth>), TransportError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let health = Arc::new(ConsumerHealth::default());
         let spec = ConsumerSpec {
             queues,
             prefetch,
             resubscribe,
             auto_ack,
             republisher: self.republisher.clone(),
+            health: health.clone(),
+            counters: self.counters.clone(),
         };
         consume::start(
             self.listen.clone(),
@@ -189,7 +257,7 @@ impl AmqpDriver {
             self.options.publish_recovery_timeout,
         )
         .await?;
-        Ok(receiver)
+        Ok((receiver, health))
     }
 
     /// A close hook that deletes `queue` (a server's fanout queue), as oslo does on a clean
@@ -244,9 +312,13 @@ impl Driver for AmqpDriver {
                     session.mark_dead();
                     tracing::debug!(%error, %destination, "publish met a lost connection; retrying on the next");
                 }
+                Err(Attempt::Nacked(error)) => {
+                    tracing::debug!(%error, %destination, "publish refused; retrying on a new channel");
+                }
             }
         }
         let deadline = tokio::time::Instant::now() + self.options.publish_recovery_timeout;
+        let mut backoff = Backoff::new(&self.options);
         loop {
             let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
             let session = self.send.session(patience).await?;
@@ -259,6 +331,14 @@ impl Driver for AmqpDriver {
                         return Err(error);
                     }
                     tracing::debug!(%error, %destination, "publish met a lost connection; retrying on the next");
+                }
+                Err(Attempt::Nacked(error)) => {
+                    let wait = backoff.next_wait();
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(error);
+                    }
+                    tracing::debug!(%error, %destination, ?wait, "publish refused again; retrying on a new channel");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -275,11 +355,11 @@ impl Driver for AmqpDriver {
             .iter()
             .map(|queue| QueueSpec::of(queue, &self.options))
             .collect();
-        let receiver = self.consume(queues, options.prefetch, true, false).await?;
+        let (receiver, health) = self.consume(queues, options.prefetch, true, false).await?;
         let on_close = plan
             .delete_on_close
             .map(|queue| self.delete_on_close(queue));
-        Ok(Inbox::new(receiver, on_close))
+        Ok(Inbox::new(receiver, on_close).with_health(health))
     }
 
     async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError> {
@@ -289,12 +369,16 @@ impl Driver for AmqpDriver {
         // Consumed with acknowledgements and a prefetch, so the broker never pushes more replies
         // than the router has room for: a flood of replies nobody asked for waits in the queue
         // instead of in this process.
-        let receiver = self.consume(queues, REPLY_PREFETCH, false, false).await?;
-        Ok((name, Inbox::new(receiver, None)))
+        let (receiver, health) = self.consume(queues, REPLY_PREFETCH, false, false).await?;
+        Ok((name, Inbox::new(receiver, None).with_health(health)))
     }
 
     async fn close(&self) {
         self.listen.close().await;
         self.send.close().await;
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.counters.snapshot()
     }
 }
