@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use tidings::rpc::{RpcClient, RpcServer};
 use tidings::{Context, Target, Transport};
 use tidings_compat::BlockingPool;
+use tidings_jobs::JobRunner;
 
 use crate::demo;
 
@@ -51,9 +52,13 @@ pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The same methods as jobs too (`tidings job run`), each part with its own id.
+    let endpoint = demo::endpoint(&pool);
+    let jobs = JobRunner::new(&target, vec![endpoint.clone()]);
     let server = match RpcServer::builder(&transport, target.clone())
         .max_concurrency(demo::max_concurrency(&pool))
-        .endpoint(demo::endpoint(&pool))
+        .endpoint(endpoint)
+        .endpoint(jobs.endpoint())
         .start()
         .await
     {

@@ -6,7 +6,7 @@
 use tidings::Transport;
 use tidings_runtime::{Manifold, WorkerError};
 
-use super::{start, PollingConfig};
+use super::{start_serving, PollingConfig};
 use crate::graph;
 
 /// The names of the manifolds the polling agent takes its inputs from.
@@ -24,8 +24,9 @@ impl Default for PollingInputs {
     }
 }
 
-/// The polling agent's manifold: started when the transport runs. Sources that break
-/// Ceilometer's rules are fatal (they never get better).
+/// The polling agent's manifold: started when the transport runs; it polls on timers and serves
+/// `poll_now` (see [`super::rpc`]). Sources that break Ceilometer's rules are fatal (they never
+/// get better).
 pub fn manifold(inputs: PollingInputs, config: PollingConfig) -> Manifold {
     let input = inputs.transport.clone();
     Manifold::new(move |_ctx, getter| {
@@ -33,7 +34,7 @@ pub fn manifold(inputs: PollingInputs, config: PollingConfig) -> Manifold {
         let transport: Result<Transport, _> = getter.get(&input);
         async move {
             let transport = transport.map_err(|e| WorkerError::missing(e.to_string()))?;
-            start(&transport, config).map_err(WorkerError::fatal)
+            start_serving(&transport, config).await
         }
     })
     .with_inputs([inputs.transport])

@@ -4,7 +4,9 @@
 //! topic `notifications` — in batches, each sample signed with the telemetry secret.
 //!
 //! [`start`] runs it without the engine; [`manifold`] declares it for the engine, and
-//! [`PollingConfig`] says what to poll.
+//! [`PollingConfig`] says what to poll. [`start_serving`] also serves [`rpc::POLL_NOW`], run as
+//! a job (see `tidings_jobs`), so that `tidings meter poll-now` can make every agent poll at
+//! once.
 //!
 //! Sources with the same interval share one timer, as in Ceilometer; within a cycle a
 //! (meter, resource) pair is polled for the first source that wants it only.
@@ -12,6 +14,7 @@
 pub mod config;
 mod manifold;
 pub mod pollsters;
+pub mod rpc;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +90,11 @@ impl Cycle {
     }
 
     async fn run(&self) -> Result<(), WorkerError> {
+        self.poll().await.map(|_| ())
+    }
+
+    /// Polls and publishes once; the samples and notifications published.
+    async fn poll(&self) -> Result<rpc::PollReport, WorkerError> {
         let samples = self.samples(pollsters::poll_host(&self.config.host).await);
         self.counters.cycles.fetch_add(1, Ordering::Relaxed);
         let secret = self.config.telemetry_secret.as_deref().unwrap_or("");
@@ -99,6 +107,7 @@ impl Cycle {
         } else {
             self.config.batch_size
         };
+        let mut report = rpc::PollReport::default();
         for chunk in wire.chunks(batch) {
             let sent = self
                 .notifier
@@ -110,6 +119,8 @@ impl Cycle {
                     self.counters
                         .samples
                         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    report.notifications += 1;
+                    report.samples += chunk.len() as u64;
                 }
                 Err(error) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -117,12 +128,52 @@ impl Cycle {
                 }
             }
         }
-        Ok(())
+        Ok(report)
     }
 }
 
 /// Starts polling: one periodic task per distinct interval, first run at once.
 pub fn start(transport: &Transport, config: PollingConfig) -> Result<TaskWorker, SourceError> {
+    let (cycles, counters) = cycles(transport, &config)?;
+    Ok(spawn_cycles(&cycles, &counters))
+}
+
+/// Like [`start`], and serves [`rpc::POLL_NOW`] (as a plain call and as a job) on
+/// [`rpc::TOPIC`] as server `config.host`, until the worker is stopped.
+pub async fn start_serving(
+    transport: &Transport,
+    config: PollingConfig,
+) -> Result<TaskWorker, WorkerError> {
+    let (cycles, counters) = cycles(transport, &config).map_err(WorkerError::fatal)?;
+    let server = rpc::serve(transport, &config.host, cycles.clone())
+        .await
+        .map_err(WorkerError::failed)?;
+    let polling = spawn_cycles(&cycles, &counters);
+    let report = counters.clone();
+    Ok(TaskWorker::spawn(|stop| async move {
+        use tidings_runtime::Worker;
+        let ended_alone = tokio::select! {
+            () = stop.cancelled() => false,
+            () = server.stopped() => true,
+        };
+        polling.kill();
+        let polled = polling.wait().await;
+        server.stop(std::time::Duration::from_secs(5)).await;
+        if ended_alone {
+            return Err(WorkerError::failed(
+                "the polling agent's RPC server stopped: transport closed",
+            ));
+        }
+        polled
+    })
+    .with_report(move || counters_report(&report)))
+}
+
+/// One cycle per distinct interval, sharing the agent's counters.
+fn cycles(
+    transport: &Transport,
+    config: &PollingConfig,
+) -> Result<(Vec<Arc<Cycle>>, Arc<Counters>), SourceError> {
     validate_sources(&config.sources)?;
     let counters = Arc::new(Counters::default());
     let notifier = Notifier::new(transport, PUBLISHER_ID)
@@ -135,18 +186,29 @@ pub fn start(transport: &Transport, config: PollingConfig) -> Result<TaskWorker,
             .or_default()
             .push(source.clone());
     }
+    let cycles = by_interval
+        .into_values()
+        .map(|sources| {
+            Arc::new(Cycle {
+                sources,
+                config: config.clone(),
+                notifier: notifier.clone(),
+                counters: counters.clone(),
+            })
+        })
+        .collect();
+    Ok((cycles, counters))
+}
+
+fn spawn_cycles(cycles: &[Arc<Cycle>], counters: &Arc<Counters>) -> TaskWorker {
     let mut tasks = PeriodicTasks::new();
-    for (interval, sources) in by_interval {
-        let cycle = Arc::new(Cycle {
-            sources,
-            config: config.clone(),
-            notifier: notifier.clone(),
-            counters: counters.clone(),
-        });
+    for cycle in cycles {
+        let interval = cycle.sources.first().map_or(0, |s| s.interval);
         // Validation refused zero intervals, so the schedule is valid.
         let Ok(schedule) = Schedule::every(std::time::Duration::from_secs(interval)) else {
             continue;
         };
+        let cycle = cycle.clone();
         tasks = tasks.add(
             format!("poll-every-{interval}s"),
             schedule.run_immediately(true),
@@ -157,15 +219,16 @@ pub fn start(transport: &Transport, config: PollingConfig) -> Result<TaskWorker,
         );
     }
     let report = counters.clone();
-    let tasks_worker = tasks.spawn();
-    Ok(tasks_worker.with_report(move || {
-        json!({
-            "cycles": report.cycles.load(Ordering::Relaxed),
-            "samples_published": report.samples.load(Ordering::Relaxed),
-            "notifications": report.notifications.load(Ordering::Relaxed),
-            "publish_failures": report.failures.load(Ordering::Relaxed),
-        })
-    }))
+    tasks.spawn().with_report(move || counters_report(&report))
+}
+
+fn counters_report(report: &Counters) -> Value {
+    json!({
+        "cycles": report.cycles.load(Ordering::Relaxed),
+        "samples_published": report.samples.load(Ordering::Relaxed),
+        "notifications": report.notifications.load(Ordering::Relaxed),
+        "publish_failures": report.failures.load(Ordering::Relaxed),
+    })
 }
 
 /// The samples of a polling notification payload (`{"samples": [...]}`).
