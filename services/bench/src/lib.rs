@@ -46,17 +46,24 @@ pub enum Scenario {
     NotifyBatch,
     /// Sample notifications through the collector into SQLite: samples per second.
     Ingest,
+    /// OpenStack notifications through the notification agent (meters.yaml) and the collector
+    /// into SQLite: notifications per second whose sample is stored.
+    MeterNotify,
+    /// As `MeterNotify`, the agent publishing a batch's samples in one message.
+    MeterNotifyGrouped,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Call1,
         Scenario::Call64,
         Scenario::Cast,
         Scenario::Fanout3,
         Scenario::NotifyBatch,
         Scenario::Ingest,
+        Scenario::MeterNotify,
+        Scenario::MeterNotifyGrouped,
     ];
 
     /// The name in the table, before `/codec`.
@@ -68,6 +75,8 @@ impl Scenario {
             Scenario::Fanout3 => "fanout-3",
             Scenario::NotifyBatch => "notify-batch",
             Scenario::Ingest => "ingest",
+            Scenario::MeterNotify => "meter-notify",
+            Scenario::MeterNotifyGrouped => "meter-notify-grouped",
         }
     }
 
@@ -79,6 +88,7 @@ impl Scenario {
             Scenario::Cast | Scenario::NotifyBatch => "msgs/s",
             Scenario::Fanout3 => "msgs/s delivered",
             Scenario::Ingest => "samples/s",
+            Scenario::MeterNotify | Scenario::MeterNotifyGrouped => "notifications/s",
         }
     }
 

@@ -20,6 +20,7 @@ use super::harness::{
 };
 use super::{Env, MemoryReport, Scenario};
 use tidings_metering::collector::{self, Collector, CollectorConfig};
+use tidings_metering::notification::{NotificationAgent, NotificationConfig};
 use tidings_metering::store::SqliteStore;
 
 /// Rounds of `inflight` calls in the memory section.
@@ -40,6 +41,8 @@ pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64
         Scenario::Fanout3 => cast(env, wire, 3).await,
         Scenario::NotifyBatch => notify_batch(env, wire).await,
         Scenario::Ingest => ingest(env, wire).await,
+        Scenario::MeterNotify => meter_notify(env, wire, false).await,
+        Scenario::MeterNotifyGrouped => meter_notify(env, wire, true).await,
     }
 }
 
@@ -212,6 +215,72 @@ async fn ingest(env: &Env, wire: Wire) -> Result<f64> {
     running.stop().await;
     forward.abort();
     notifier_transport.close().await;
+    collector_transport.close().await;
+    env.remove_scratch(&database);
+    result
+}
+
+/// `meter-notify`: glance's `image.upload` notifications (one `image.size` sample each, by the
+/// built-in meters.yaml) on exchange `glance`, through the notification agent, which publishes
+/// the samples on `metering.sample`, and the collector into a SQLite file; counts
+/// notifications whose sample is stored. `grouped`: the agent publishes a batch's samples in
+/// one message rather than one per notification.
+async fn meter_notify(env: &Env, wire: Wire, grouped: bool) -> Result<f64> {
+    let database = env.scratch_file("agent.sqlite");
+    let store = Arc::new(SqliteStore::open(&database).await?);
+    let collector_transport = transport(env, wire).await?;
+    let config = CollectorConfig {
+        batch_size: BATCH,
+        batch_timeout: BATCH_TIMEOUT,
+        stop_deadline: STOP,
+        ..CollectorConfig::default()
+    };
+    let collector = Collector::start(&collector_transport, store, config).await?;
+    let agent_transport = transport(env, wire).await?;
+    let agent_config = NotificationConfig {
+        control_exchanges: vec!["glance".to_owned()],
+        host: "bench".to_owned(),
+        batch_size: BATCH,
+        batch_timeout: BATCH_TIMEOUT,
+        stop_deadline: STOP,
+        group_samples: grouped,
+        ..NotificationConfig::default()
+    };
+    let agent = NotificationAgent::start(&agent_transport, agent_config)
+        .await
+        .map_err(|e| BenchError(e.to_string()))?;
+    let tally = Arc::new(Tally::default());
+    let mut report = collector.subscribe();
+    let stored = tally.clone();
+    let forward = tokio::spawn(async move {
+        while report.changed().await.is_ok() {
+            let now = report.borrow_and_update().stored;
+            stored.raise_to(now);
+        }
+    });
+    let notifier_transport = transport(env, wire).await?;
+    let notifier = Notifier::new(&notifier_transport, "image.bench-host")
+        .exchange("glance")
+        .topics(["notifications"]);
+    let context = Context::from(harness::context());
+    let (notifier, context) = (&notifier, &context);
+    let publish = move |i: u64| async move {
+        let payload = json!({
+            "id": format!("img-{i}"), "name": "cirros", "status": "active",
+            "created_at": "2026-11-20T09:10:00Z", "updated_at": "2026-11-20T09:10:05Z",
+            "owner": "p-bench", "disk_format": "qcow2", "container_format": "bare",
+            "size": 12716032, "visibility": "public", "checksum": "443b7623e27ecf03dc9e01ee93f67afe",
+            "min_disk": 0, "min_ram": 0, "protected": false, "tags": [], "properties": {},
+        });
+        notifier.info(context, "image.upload", payload).await?;
+        Ok(())
+    };
+    let result = env.pump(1, &tally, publish).await;
+    agent.stop().await;
+    collector.stop().await;
+    forward.abort();
+    notifier_transport.close().await;
+    agent_transport.close().await;
     collector_transport.close().await;
     env.remove_scratch(&database);
     result
