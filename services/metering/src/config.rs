@@ -19,20 +19,38 @@
 //!
 //! [api]
 //! listen = "127.0.0.1:8042"
+//! auth_tokens_file = "/etc/tidings/tokens.json"   # re-read on SIGHUP
+//! # keystone_url = "http://keystone:5000"         # validates tokens the file does not know
+//! # keystone_service_token = "…"                  # or $TIDINGS_KEYSTONE_SERVICE_TOKEN
+//! # insecure_no_auth = false                      # true: serve off loopback without auth
+//!
+//! [actions]
+//! allow_networks = ["10.20.0.0/16"]   # webhooks may reach these, even when private
+//! deny_networks = ["10.20.9.0/24"]    # never these
+//! # deny_private = true               # default: on when the API authenticates
+//!
+//! [meter]                             # the notification agent's definitions (re-read on SIGHUP)
+//! meter_definitions_dirs = ["/etc/ceilometer/meters.d"]   # default: the built-in meters.yaml
+//!
+//! [notification]                      # where it listens (default: Ceilometer's exchanges)
+//! notification_control_exchanges = ["nova", "cinder", "glance", "neutron", "manila"]
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::url::Scheme;
 use tidings::TransportUrl;
 
-use crate::api::DEFAULT_LISTEN;
+use crate::alarm_notifier::{ActionPolicy, Network};
+use crate::api::{KeystoneConfig, DEFAULT_LISTEN};
 use crate::graph::Agent;
+use crate::notification::config::{MeterSection, NotificationConfig, NotificationSection};
 use crate::polling::config::Source;
 use crate::polling::PollingConfig;
+use crate::secrets::Secret;
 use crate::store;
 
 /// The bus of an agent that is given none: within its own process only.
@@ -57,6 +75,15 @@ pub struct MeterConfig {
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiSection,
+    /// Which networks alarm actions may reach.
+    #[serde(default)]
+    pub actions: ActionsSection,
+    /// Where the notification agent reads meter definitions (`meter_definitions_dirs`).
+    #[serde(default)]
+    pub meter: MeterSection,
+    /// Where the notification agent listens (`notification_control_exchanges`, `topics`).
+    #[serde(default)]
+    pub notification: NotificationSection,
 }
 
 /// `[polling]`.
@@ -98,6 +125,33 @@ pub struct EvaluatorSection {
 pub struct ApiSection {
     /// Address to listen on (default 127.0.0.1:8042).
     pub listen: Option<SocketAddr>,
+    /// The token file (see `api::auth`; its format is a contract), re-read on SIGHUP.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// A Keystone-compatible identity service that validates the tokens the file does not
+    /// know (`GET /v3/auth/tokens`).
+    pub keystone_url: Option<String>,
+    /// The service token the API validates with (or `$TIDINGS_KEYSTONE_SERVICE_TOKEN`).
+    pub keystone_service_token: Option<Secret>,
+    /// Seconds a validated token is cached (default 300).
+    pub keystone_cache_ttl: Option<u64>,
+    /// Tokens cached at most (default 1000).
+    pub keystone_cache_size: Option<usize>,
+    /// Serve without authentication on a non-loopback address.
+    pub insecure_no_auth: Option<bool>,
+}
+
+/// `[actions]`: where alarm actions may send requests (see `alarm_notifier::policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsSection {
+    /// Networks always allowed, built-in denials included (CIDR).
+    #[serde(default)]
+    pub allow_networks: Vec<Network>,
+    /// Networks always refused (CIDR).
+    #[serde(default)]
+    pub deny_networks: Vec<Network>,
+    /// Refuse loopback, private and shared ranges (default: when the API authenticates).
+    pub deny_private: Option<bool>,
 }
 
 /// A configuration file that could not be used.
@@ -149,6 +203,40 @@ pub struct Overrides {
     pub evaluation_interval: Option<u64>,
     /// Seconds between polls when the file names no source.
     pub polling_interval: Option<u64>,
+    /// The token file.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// The identity service's URL.
+    pub keystone_url: Option<String>,
+    /// The identity service's service token.
+    pub keystone_service_token: Option<Secret>,
+    /// Serve the API without authentication off loopback.
+    pub insecure_no_auth: bool,
+    /// More networks actions may reach.
+    pub allow_action_networks: Vec<Network>,
+    /// More networks actions may not reach.
+    pub deny_action_networks: Vec<Network>,
+    /// The notification agent's exchanges (`--control-exchange`, repeatable).
+    pub control_exchanges: Vec<String>,
+    /// The notification agent's definitions (`--meter-definitions`, repeatable).
+    pub meter_definitions: Vec<PathBuf>,
+}
+
+/// How the API authenticates, resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// The token file, re-read on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// The identity service.
+    pub keystone: Option<KeystoneConfig>,
+    /// Serve without authentication off loopback.
+    pub insecure_no_auth: bool,
+}
+
+impl AuthSettings {
+    /// Whether any source of tokens is configured.
+    pub fn is_configured(&self) -> bool {
+        self.tokens_file.is_some() || self.keystone.is_some()
+    }
 }
 
 /// Why the settings do not make a runnable agent.
@@ -164,6 +252,12 @@ pub enum ResolveError {
     /// A split agent was given a URL that cannot reach another process.
     #[error("{0} only reaches this process; the split agents need a rabbit:// URL (or run `tidings meter all-in-one`)")]
     InProcessUrl(TransportUrl),
+    /// The API would serve without authentication on a non-loopback address.
+    #[error(transparent)]
+    Unauthenticated(#[from] crate::api::StartError),
+    /// An identity service without the token to validate with.
+    #[error("keystone_url needs a service token: [api] keystone_service_token or $TIDINGS_KEYSTONE_SERVICE_TOKEN")]
+    KeystoneWithoutToken,
 }
 
 /// Everything an agent's graph needs, resolved from file, overrides and defaults.
@@ -181,6 +275,15 @@ pub struct AgentConfig {
     pub evaluation_interval: Duration,
     /// What the polling agent polls.
     pub polling: PollingConfig,
+    /// Whether the store was named (flag or file) rather than defaulted: a split notifier reads
+    /// alarms' actions from a store only when it was given one.
+    pub store_given: bool,
+    /// How the API authenticates.
+    pub auth: AuthSettings,
+    /// Where alarm actions may send requests.
+    pub actions: ActionPolicy,
+    /// The notification agent.
+    pub notification: NotificationConfig,
 }
 
 impl MeterConfig {
@@ -213,17 +316,39 @@ impl MeterConfig {
                 meters: vec!["*".to_owned()],
             });
         }
+        let named_store = overrides.store.clone().or(self.store.clone());
+        let listen = overrides
+            .listen
+            .or(self.api.listen)
+            .unwrap_or(DEFAULT_LISTEN);
+        let auth = self.auth_settings(overrides)?;
+        if matches!(agent, Agent::AllInOne | Agent::Api)
+            && !auth.is_configured()
+            && !auth.insecure_no_auth
+            && !listen.ip().is_loopback()
+        {
+            return Err(crate::api::StartError::Unauthenticated(listen).into());
+        }
+        let actions = ActionPolicy {
+            allow: [
+                self.actions.allow_networks.as_slice(),
+                &overrides.allow_action_networks,
+            ]
+            .concat(),
+            deny: [
+                self.actions.deny_networks.as_slice(),
+                &overrides.deny_action_networks,
+            ]
+            .concat(),
+            strict: self.actions.deny_private.unwrap_or(auth.is_configured()),
+        };
         Ok(AgentConfig {
             url,
-            store: overrides
-                .store
-                .clone()
-                .or(self.store.clone())
-                .unwrap_or_else(store::default_url),
-            listen: overrides
-                .listen
-                .or(self.api.listen)
-                .unwrap_or(DEFAULT_LISTEN),
+            store_given: named_store.is_some(),
+            store: named_store.unwrap_or_else(store::default_url),
+            listen,
+            auth,
+            actions,
             telemetry_secret: self.telemetry_secret.clone(),
             evaluation_interval: Duration::from_secs(
                 overrides
@@ -232,12 +357,56 @@ impl MeterConfig {
                     .unwrap_or(if all_in_one { 5 } else { 60 })
                     .max(1),
             ),
+            notification: NotificationConfig::resolve(
+                &self.meter,
+                &self.notification,
+                &overrides.control_exchanges,
+                &overrides.meter_definitions,
+                self.telemetry_secret.clone(),
+                hostname(),
+            ),
             polling: PollingConfig {
                 sources,
                 batch_size: self.polling.batch_size,
                 telemetry_secret: self.telemetry_secret.clone(),
                 host: hostname(),
             },
+        })
+    }
+}
+
+impl MeterConfig {
+    fn auth_settings(&self, overrides: &Overrides) -> Result<AuthSettings, ResolveError> {
+        let keystone_url = overrides
+            .keystone_url
+            .clone()
+            .or(self.api.keystone_url.clone());
+        let keystone = match keystone_url {
+            None => None,
+            Some(url) => {
+                let token = overrides
+                    .keystone_service_token
+                    .clone()
+                    .or(self.api.keystone_service_token.clone())
+                    .ok_or(ResolveError::KeystoneWithoutToken)?;
+                let mut config = KeystoneConfig::new(url, token.expose());
+                if let Some(ttl) = self.api.keystone_cache_ttl {
+                    config.cache_ttl = Duration::from_secs(ttl);
+                }
+                if let Some(size) = self.api.keystone_cache_size {
+                    config.cache_size = size;
+                }
+                Some(config)
+            }
+        };
+        Ok(AuthSettings {
+            tokens_file: overrides
+                .auth_tokens_file
+                .clone()
+                .or(self.api.auth_tokens_file.clone()),
+            keystone,
+            insecure_no_auth: overrides.insecure_no_auth
+                || self.api.insecure_no_auth.unwrap_or(false),
         })
     }
 }
@@ -262,6 +431,76 @@ mod tests {
         assert_eq!(config.polling.sources[0].interval, 10);
         assert_eq!(config.evaluator.evaluation_interval, Some(5));
         assert_eq!(config.api.listen.unwrap().port(), 9000);
+    }
+
+    #[test]
+    fn auth_and_action_settings_resolve() {
+        let text = "[api]\nlisten = \"0.0.0.0:8042\"\nauth_tokens_file = \"/etc/t.json\"\n\
+                    [actions]\nallow_networks = [\"10.1.0.0/16\"]\ndeny_networks = [\"10.1.9.0/24\"]\n";
+        let config: MeterConfig = toml::from_str(text).unwrap();
+        let resolved = config.resolve(Agent::Api, &Overrides::default()).unwrap();
+        assert_eq!(
+            resolved.auth.tokens_file.as_deref(),
+            Some(Path::new("/etc/t.json"))
+        );
+        assert!(resolved.actions.strict, "strict once the API authenticates");
+        assert_eq!(resolved.actions.allow[0].to_string(), "10.1.0.0/16");
+        assert_eq!(resolved.actions.deny[0].to_string(), "10.1.9.0/24");
+        assert!(
+            toml::from_str::<MeterConfig>("[actions]\nallow_networks = [\"10.0.0.0/99\"]").is_err()
+        );
+    }
+
+    #[test]
+    fn no_auth_off_loopback_needs_the_insecure_flag() {
+        let open = Overrides {
+            listen: Some("0.0.0.0:8042".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let error = MeterConfig::default()
+            .resolve(Agent::Api, &open)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--insecure-no-auth"), "{error}");
+        let insecure = Overrides {
+            insecure_no_auth: true,
+            ..open.clone()
+        };
+        let resolved = MeterConfig::default()
+            .resolve(Agent::Api, &insecure)
+            .unwrap();
+        assert!(!resolved.actions.strict);
+        // Agents without the API do not care where it would listen.
+        assert!(MeterConfig::default()
+            .resolve(
+                Agent::Notifier,
+                &Overrides {
+                    url: Some("rabbit://h/".into()),
+                    ..open
+                }
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn an_identity_service_needs_a_service_token_which_never_shows() {
+        let keystone = Overrides {
+            keystone_url: Some("http://keystone:5000".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            MeterConfig::default().resolve(Agent::Api, &keystone),
+            Err(ResolveError::KeystoneWithoutToken)
+        ));
+        let with_token = Overrides {
+            keystone_service_token: Some(Secret::new("svc-s3cret")),
+            ..keystone
+        };
+        let resolved = MeterConfig::default()
+            .resolve(Agent::Api, &with_token)
+            .unwrap();
+        assert!(resolved.auth.keystone.is_some());
+        assert!(!format!("{resolved:?} {with_token:?}").contains("svc-s3cret"));
     }
 
     #[test]

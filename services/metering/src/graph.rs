@@ -4,25 +4,28 @@
 //!
 //! | agent        | manifolds                                                    |
 //! |--------------|--------------------------------------------------------------|
-//! | `all-in-one` | transport, store, polling, collector, evaluator, notifier, api, observer |
+//! | `all-in-one` | transport, store, polling, notification, collector, evaluator, notifier, api, observer |
 //! | `polling`    | transport, polling                                           |
+//! | `notification` | transport, notification (OpenStack's notifications to samples) |
 //! | `collector`  | transport, store, collector                                  |
 //! | `evaluator`  | transport, store, evaluator                                  |
-//! | `notifier`   | transport, notifier                                          |
+//! | `notifier`   | transport, notifier (and store, when one is named)           |
 //! | `api`        | store, api                                                   |
 //!
-//! The engine, the launcher and the process (signals, exit codes, output) are the caller's.
+//! The engine, the launcher and the process (signals, exit codes, output) are the caller's; the
+//! caller hands in the launcher's handle on the token file, so that SIGHUP reaches the API.
 
 use std::sync::Arc;
 
 use serde_json::json;
-use tidings_runtime::{Engine, InstallError, Manifold};
+use tidings_runtime::{ConfigHandle, Engine, InstallError, Manifold};
 
 use crate::alarm_notifier::{self, NotifierConfig, NotifierInputs};
-use crate::api::{self, ApiConfig, ApiInputs, StatusFn};
+use crate::api::{self, ApiConfig, ApiInputs, Authenticator, StatusFn, TokenTable};
 use crate::collector::{self, CollectorConfig, CollectorInputs};
 use crate::config::AgentConfig;
 use crate::evaluator::{self, EvaluatorConfig, EvaluatorInputs};
+use crate::notification::{self, NotificationInputs};
 use crate::observer::{self, ObserverConfig, ObserverInputs};
 use crate::polling::{self, PollingInputs};
 use crate::store::{self, StoreConfig, StoreError};
@@ -34,6 +37,8 @@ pub const TRANSPORT: &str = "transport";
 pub const STORE: &str = "store";
 /// The polling agent.
 pub const POLLING: &str = "polling";
+/// The notification agent (OpenStack's notifications to samples).
+pub const NOTIFICATION: &str = "notification";
 /// The collector: offers its counters.
 pub const COLLECTOR: &str = "collector";
 /// The alarm evaluator.
@@ -52,6 +57,8 @@ pub enum Agent {
     AllInOne,
     /// The polling agent.
     Polling,
+    /// The notification agent: OpenStack's notifications to samples, by `meters.yaml`.
+    Notification,
     /// The collector (samples in, statistics over RPC).
     Collector,
     /// The alarm evaluator (partitioned across running evaluators).
@@ -72,27 +79,33 @@ pub enum GraphError {
     /// The engine refused a manifold.
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// The identity service's client could not be built.
+    #[error("cannot set up token validation: {0}")]
+    Auth(#[from] reqwest::Error),
 }
 
 /// The manifolds of `agent`, named, in the order they are installed. `status` is what the
-/// API shows at `/v2/status`.
+/// API shows at `/v2/status`; `auth` how it authenticates (see [`authenticator`]).
 pub fn manifolds(
     agent: Agent,
     config: &AgentConfig,
     status: StatusFn,
+    auth: Option<Authenticator>,
 ) -> Vec<(&'static str, Manifold)> {
     match agent {
         Agent::AllInOne => vec![
             transport_manifold(config),
             store_manifold(config),
             polling_manifold(config),
+            notification_manifold(config),
             collector_manifold(config),
             evaluator_manifold(config),
-            notifier_manifold(),
-            api_manifold(config, status),
+            notifier_manifold(config, true),
+            api_manifold(config, status, auth),
             observer_manifold(),
         ],
         Agent::Polling => vec![transport_manifold(config), polling_manifold(config)],
+        Agent::Notification => vec![transport_manifold(config), notification_manifold(config)],
         Agent::Collector => vec![
             transport_manifold(config),
             store_manifold(config),
@@ -103,23 +116,50 @@ pub fn manifolds(
             store_manifold(config),
             evaluator_manifold(config),
         ],
-        Agent::Notifier => vec![transport_manifold(config), notifier_manifold()],
-        Agent::Api => vec![store_manifold(config), api_manifold(config, status)],
+        Agent::Notifier if config.store_given => vec![
+            transport_manifold(config),
+            store_manifold(config),
+            notifier_manifold(config, true),
+        ],
+        Agent::Notifier => vec![transport_manifold(config), notifier_manifold(config, false)],
+        Agent::Api => vec![store_manifold(config), api_manifold(config, status, auth)],
     }
 }
 
-/// Installs `agent`'s manifolds on `engine`, the API showing the engine's report. All-in-one
-/// first stores its demo alarm (see [`observer::ensure_demo_alarm`]).
+/// The API's authenticator for `config`: the token file through `tokens` (the launcher's
+/// handle, so SIGHUP re-reads it; required when the configuration names a token file) and the
+/// identity service. `None` when neither is configured.
+pub fn authenticator(
+    config: &AgentConfig,
+    tokens: Option<ConfigHandle<TokenTable>>,
+) -> Result<Option<Authenticator>, reqwest::Error> {
+    let mut auth = Authenticator::default();
+    if config.auth.tokens_file.is_some() {
+        if let Some(tokens) = tokens {
+            auth = auth.with_token_table(tokens);
+        }
+    }
+    if let Some(keystone) = &config.auth.keystone {
+        auth = auth.with_keystone(keystone.clone())?;
+    }
+    Ok(auth.is_configured().then_some(auth))
+}
+
+/// Installs `agent`'s manifolds on `engine`, the API showing the engine's report and reading
+/// tokens through `tokens` (see [`authenticator`]). All-in-one first stores its demo alarm
+/// (see [`observer::ensure_demo_alarm`]).
 pub async fn install(
     engine: &Engine,
     agent: Agent,
     config: &AgentConfig,
+    tokens: Option<ConfigHandle<TokenTable>>,
 ) -> Result<(), GraphError> {
     let reporting = engine.clone();
     let status: StatusFn = Arc::new(move || {
         serde_json::to_value(reporting.report()).unwrap_or_else(|e| json!({"error": e.to_string()}))
     });
-    let manifolds = manifolds(agent, config, status);
+    let auth = authenticator(config, tokens)?;
+    let manifolds = manifolds(agent, config, status, auth);
     if agent == Agent::AllInOne {
         observer::ensure_demo_alarm(&config.store, &config.polling.host).await?;
     }
@@ -148,6 +188,12 @@ fn polling_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
     (POLLING, manifold)
 }
 
+fn notification_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
+    let manifold =
+        notification::manifold(NotificationInputs::default(), config.notification.clone());
+    (NOTIFICATION, manifold)
+}
+
 fn collector_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
     let settings = CollectorConfig {
         telemetry_secret: config.telemetry_secret.clone(),
@@ -167,13 +213,28 @@ fn evaluator_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
     )
 }
 
-fn notifier_manifold() -> (&'static str, Manifold) {
-    let manifold = alarm_notifier::manifold(NotifierInputs::default(), NotifierConfig::default());
-    (NOTIFIER, manifold)
+/// The notifier, reading actions from the store when `with_store`.
+fn notifier_manifold(config: &AgentConfig, with_store: bool) -> (&'static str, Manifold) {
+    let inputs = NotifierInputs {
+        store: with_store.then(|| STORE.to_owned()),
+        ..NotifierInputs::default()
+    };
+    let settings = NotifierConfig {
+        policy: config.actions.clone(),
+        ..NotifierConfig::default()
+    };
+    (NOTIFIER, alarm_notifier::manifold(inputs, settings))
 }
 
-fn api_manifold(config: &AgentConfig, status: StatusFn) -> (&'static str, Manifold) {
-    let settings = ApiConfig::new(config.listen, status);
+fn api_manifold(
+    config: &AgentConfig,
+    status: StatusFn,
+    auth: Option<Authenticator>,
+) -> (&'static str, Manifold) {
+    let mut settings =
+        ApiConfig::new(config.listen, status).with_action_policy(config.actions.clone());
+    settings.auth = auth;
+    settings.insecure_no_auth = config.auth.insecure_no_auth;
     (API, api::manifold(ApiInputs::default(), settings))
 }
 

@@ -6,12 +6,16 @@
 //! alarm notifier runs alarm actions, and an HTTP API manages alarms.
 //!
 //! Each agent is a module with its worker, its manifold (`manifold.rs`) and its settings
-//! (`config.rs`) side by side: [`polling`], [`collector`], [`evaluator`], [`alarm_notifier`],
+//! (`config.rs`) side by side: [`polling`], [`notification`] (OpenStack's notifications to
+//! samples, by Ceilometer's `meters.yaml`), [`collector`], [`evaluator`], [`alarm_notifier`],
 //! [`api`], and the dependencies they share, [`transport`] and [`store`]. [`graph`] names the
 //! manifolds and assembles each agent's graph; [`config`] resolves the settings from a file
 //! and overrides. The bus contracts live in one module each: [`sample::contract`] (samples),
 //! [`collector::rpc`] (statistics), [`evaluator::group`] (evaluator membership) and
 //! [`evaluator::handoff`] (`alarm.update`).
+//!
+//! Who may use the API is [`api::auth`]'s; where alarm actions may send requests is
+//! [`alarm_notifier::policy`]'s; what must never be shown is [`secrets`]'s.
 //!
 //! This crate owns the metering domain on top of [`tidings_runtime`]; it does not parse
 //! command lines, install signal handlers or exit the process (the `tidings` binary does),
@@ -26,8 +30,11 @@ pub mod config;
 pub mod evaluator;
 pub mod graph;
 pub mod model;
+pub mod notification;
 pub mod observer;
 pub mod polling;
+pub mod retry;
 pub mod sample;
+pub mod secrets;
 pub mod store;
 pub mod transport;

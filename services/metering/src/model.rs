@@ -250,6 +250,14 @@ pub struct Alarm {
     pub enabled: bool,
     /// When it was created.
     pub timestamp: DateTime<Utc>,
+    /// The project that owns it: only that project's users (and admins) see and change it.
+    /// `None` for alarms made before alarms had owners, or without authentication; those only
+    /// admins see once authentication is on.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// The user who created it.
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// One state transition in an alarm's history.

@@ -106,6 +106,7 @@ fn quick(max_retries: u32) -> NotifierConfig {
             retry_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
         },
+        ..NotifierConfig::default()
     }
 }
 

@@ -11,9 +11,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tidings::notify::{IncomingNotification, NotificationEndpoint, NotificationListener, Priority};
-use tidings::{Target, Transport};
+use tidings::rpc::ServiceClient;
+use tidings::{Context, Target, Transport};
+use tidings_metering::evaluator::group::{EvaluatorGroupApi, HEARTBEAT, LEAVE};
+use tidings_metering::evaluator::membership::{Heartbeat, Leave};
 use tidings_metering::evaluator::threshold::{self, Decision};
-use tidings_metering::evaluator::{self, Clock, Evaluator, EvaluatorConfig, HashRing};
+use tidings_metering::evaluator::{
+    self, Clock, Evaluator, EvaluatorConfig, HashRing, GROUP_EXCHANGE, GROUP_TOPIC,
+};
 use tidings_metering::model::{AlarmState, ComparisonOperator, StatisticKind, Statistics};
 use tidings_metering::store::Store;
 use tidings_suites::Bus;
@@ -621,6 +626,69 @@ async fn three_evaluators_share_the_alarms_and_take_over_from_one_that_stops_or_
 
     group.check_no_doubles();
     group.evaluators[0].take().unwrap().stop().await.unwrap();
+}
+
+/// Anyone on the bus can cast to the group. A `leave` in a member's name stamped far ahead and
+/// a heartbeat of an invented member stamped a year ahead cost at most a cycle or two: the
+/// member that keeps beating is back, the invented one is pruned, and every alarm is again
+/// evaluated exactly once per cycle.
+#[tokio::test(start_paused = true)]
+async fn a_forged_leave_or_a_heartbeat_from_the_future_does_not_outlast_the_truth() {
+    let bus = Bus::memory();
+    let clock = Clock::tokio();
+    let mut group = Group::start(&bus, 30, clock, Arc::new(MemStore::default())).await;
+    group.settle(3).await;
+
+    let forger = bus.transport().await;
+    let cast = ServiceClient::<EvaluatorGroupApi>::new(
+        &forger,
+        Target::topic(GROUP_TOPIC).with_exchange(GROUP_EXCHANGE),
+    );
+    cast.fanout(
+        &Context::new(),
+        LEAVE,
+        Leave {
+            member_id: "e2".into(),
+            last_cycle: 0,
+            sent_at_ms: i64::MAX,
+        },
+    )
+    .await
+    .unwrap();
+    cast.fanout(
+        &Context::new(),
+        HEARTBEAT,
+        Heartbeat {
+            member_id: "ghost".into(),
+            joined_at_ms: 0,
+            sent_at_ms: clock.now_ms() + 365 * 86_400_000,
+            evaluation_interval_ms: INTERVAL_MS,
+        },
+    )
+    .await
+    .unwrap();
+
+    // Within the skew allowance (the 750 ms timeout) and a heartbeat, e2 is back; the ghost
+    // counts for no cycle once its clamped beat is older than the timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    group.settle(3).await;
+    for i in 0..3 {
+        assert_eq!(group.members(i), ["e1", "e2", "e3"]);
+        let live = group.evaluators[i]
+            .as_ref()
+            .unwrap()
+            .status()
+            .report()
+            .live_members;
+        assert_eq!(live, ["e1", "e2", "e3"]);
+    }
+    let from = group.cycle_now() + 1;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    group.check_cycles(from..=group.cycle_now() - 1);
+    group.check_no_doubles();
+    for evaluator in &mut group.evaluators {
+        evaluator.take().unwrap().stop().await.unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

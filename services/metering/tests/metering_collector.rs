@@ -1,7 +1,8 @@
 //! The collector end to end, on the memory transport and on RabbitMQ (a vhost per test):
 //! samples published by both of Ceilometer's paths are stored, bad ones are counted and not
-//! stored, a storage failure requeues the batch, the RPC methods answer, and the manifold runs
-//! it under the engine.
+//! stored, a store outage holds the batch until the store answers, the RPC methods answer, and
+//! the manifold runs it under the engine. `metering_outage.rs` takes real stores down under
+//! load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,8 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Map, Value};
+use tidings::codec::Codec;
 use tidings::notify::{Notifier, Priority};
 use tidings::rpc::{RpcClient, RpcError, ServiceClient};
+use tidings::transport::{ConsumeOptions, Subscription};
 use tidings::{Context, Target, Transport};
 use tidings_metering::collector::rpc::{CollectorApi, GetStatistics, GET_STATISTICS};
 use tidings_metering::collector::{
@@ -207,6 +210,10 @@ async fn collector_stores_valid_samples_and_counts_the_rest(bus: Bus) {
             bad_signatures: 2,
             unrecognised_payloads: 1,
             storage_failures: 0,
+            store_outages: 0,
+            store_available: true,
+            batches_held: 0,
+            dead_lettered: 0,
         }
     );
     let all = store
@@ -349,7 +356,7 @@ async fn amqp_collector_stores_valid_samples_and_counts_the_rest() {
     collector_stores_valid_samples_and_counts_the_rest(Bus::amqp()).await;
 }
 
-/// A store whose first `failures` writes fail.
+/// A store whose first `failures` writes fail as an unavailable store's do.
 #[derive(Debug)]
 struct Flaky {
     inner: Arc<dyn Store>,
@@ -362,7 +369,7 @@ impl Store for Flaky {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(StoreError::Backend("disk on fire".into()));
+            return Err(StoreError::Unavailable("connection refused".into()));
         }
         self.inner.record(samples).await
     }
@@ -392,13 +399,18 @@ impl Store for Flaky {
     }
 }
 
-async fn a_storage_failure_requeues_the_batch(bus: Bus) {
+async fn a_store_outage_holds_the_batch_until_the_store_answers(bus: Bus) {
     let transport = bus.transport().await;
     let store = Arc::new(Flaky {
         inner: store::open("sqlite::memory:").await.unwrap(),
-        failures: AtomicUsize::new(2),
+        failures: AtomicUsize::new(3),
     });
-    let collector = Collector::start(&transport, store.clone(), config())
+    let mut fast = config();
+    fast.store_retry = tidings_metering::retry::Backoff::new(
+        Duration::from_millis(20),
+        Duration::from_millis(100),
+    );
+    let collector = Collector::start(&transport, store.clone(), fast)
         .await
         .unwrap();
     let mut counters = collector.subscribe();
@@ -407,24 +419,209 @@ async fn a_storage_failure_requeues_the_batch(bus: Bus) {
         signed(&sample("r-2", "cpu_util", "vm-1", 1, 2.0)),
     ];
     publish_metering(&transport, samples).await;
-    let report = wait_for(&mut counters, "the requeued batch", |r| r.stored >= 2).await;
-    assert_eq!(report.storage_failures, 2);
+    let report = wait_for(&mut counters, "the held batch", |r| r.stored >= 2).await;
+    assert_eq!(report.storage_failures, 3, "one attempt, then two probes");
+    assert_eq!(report.store_outages, 1);
+    assert!(report.store_available);
+    assert_eq!(report.batches_held, 0);
     assert_eq!(
         report.received, 2,
-        "a failed batch is counted once, when stored"
+        "a held batch is counted once, when stored"
     );
-    assert_eq!(report.duplicates, 0);
+    assert_eq!((report.duplicates, report.dead_lettered), (0, 0));
     collector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_a_storage_failure_requeues_the_batch() {
-    a_storage_failure_requeues_the_batch(Bus::memory()).await;
+async fn memory_a_store_outage_holds_the_batch_until_the_store_answers() {
+    a_store_outage_holds_the_batch_until_the_store_answers(Bus::memory()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_a_storage_failure_requeues_the_batch() {
-    a_storage_failure_requeues_the_batch(Bus::amqp()).await;
+async fn amqp_a_store_outage_holds_the_batch_until_the_store_answers() {
+    a_store_outage_holds_the_batch_until_the_store_answers(Bus::amqp()).await;
+}
+
+/// A collector stopped while the store is down leaves what it holds unacknowledged: the next
+/// collector gets it from the broker and stores it, and nothing went to a dead-letter queue.
+async fn a_collector_stopped_during_an_outage_leaves_its_batches_to_the_broker(bus: Bus) {
+    let transport = bus.transport().await;
+    let inner = store::open("sqlite::memory:").await.unwrap();
+    let down = Arc::new(Flaky {
+        inner: inner.clone(),
+        failures: AtomicUsize::new(usize::MAX),
+    });
+    let mut quick_stop = config();
+    quick_stop.stop_deadline = Duration::from_millis(300);
+    let collector = Collector::start(&transport, down, quick_stop.clone())
+        .await
+        .unwrap();
+    let mut counters = collector.subscribe();
+    publish_metering(
+        &transport,
+        vec![
+            signed(&sample("h-1", "cpu_util", "vm-1", 0, 1.0)),
+            signed(&sample("h-2", "cpu_util", "vm-1", 1, 2.0)),
+        ],
+    )
+    .await;
+    wait_for(&mut counters, "the batch held", |r| r.batches_held >= 1).await;
+    tokio::time::timeout(Duration::from_secs(5), collector.stop())
+        .await
+        .expect("a collector holding batches stops within its deadline");
+
+    let collector = Collector::start(&transport, inner.clone(), quick_stop)
+        .await
+        .unwrap();
+    let mut counters = collector.subscribe();
+    let report = wait_for(&mut counters, "the batch again", |r| r.stored >= 2).await;
+    assert_eq!(
+        (report.received, report.duplicates, report.dead_lettered),
+        (2, 0, 0)
+    );
+    collector.stop().await;
+    let idle = Duration::from_millis(300);
+    assert!(drain_queue(&transport, "metering.sample.dlq", idle)
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_collector_stopped_during_an_outage_leaves_its_batches_to_the_broker() {
+    a_collector_stopped_during_an_outage_leaves_its_batches_to_the_broker(Bus::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_a_collector_stopped_during_an_outage_leaves_its_batches_to_the_broker() {
+    a_collector_stopped_during_an_outage_leaves_its_batches_to_the_broker(Bus::amqp()).await;
+}
+
+/// A store that refuses, on its merits, any batch holding a sample of resource `poison`.
+#[derive(Debug)]
+struct Picky(Arc<dyn Store>);
+
+#[async_trait]
+impl Store for Picky {
+    async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
+        if samples.iter().any(|s| s.resource_id == "poison") {
+            return Err(StoreError::Refused("poison is not welcome here".into()));
+        }
+        self.0.record(samples).await
+    }
+    async fn statistics(&self, q: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError> {
+        self.0.statistics(q).await
+    }
+    async fn meters(&self, r: Option<&str>) -> Result<Vec<MeterInfo>, StoreError> {
+        self.0.meters(r).await
+    }
+    async fn create_alarm(&self, a: &Alarm) -> Result<(), StoreError> {
+        self.0.create_alarm(a).await
+    }
+    async fn alarms(&self) -> Result<Vec<Alarm>, StoreError> {
+        self.0.alarms().await
+    }
+    async fn alarm(&self, id: &str) -> Result<Alarm, StoreError> {
+        self.0.alarm(id).await
+    }
+    async fn delete_alarm(&self, id: &str) -> Result<(), StoreError> {
+        self.0.delete_alarm(id).await
+    }
+    async fn set_state(&self, c: &AlarmChange) -> Result<(), StoreError> {
+        self.0.set_state(c).await
+    }
+    async fn history(&self, id: &str) -> Result<Vec<AlarmChange>, StoreError> {
+        self.0.history(id).await
+    }
+}
+
+/// Takes what `queue` holds (waiting `idle` for each), as decoded notification payloads.
+async fn drain_queue(transport: &Transport, queue: &str, idle: Duration) -> Vec<Value> {
+    let mut inbox = transport
+        .driver()
+        .subscribe(
+            &Subscription::Queue {
+                name: queue.to_owned(),
+            },
+            ConsumeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    while let Ok(Some(delivery)) = tokio::time::timeout(idle, inbox.recv()).await {
+        let codec = Codec::from_content_type(&delivery.content_type).unwrap();
+        payloads.push(codec.decode_notification(&delivery.body).unwrap().payload);
+        delivery.ack().await.unwrap();
+    }
+    payloads
+}
+
+async fn a_refused_sample_is_dead_lettered_alone_with_its_reason(bus: Bus) {
+    let transport = bus.transport().await;
+    let inner = store::open("sqlite::memory:").await.unwrap();
+    let collector = Collector::start(&transport, Arc::new(Picky(inner.clone())), config())
+        .await
+        .unwrap();
+    let mut counters = collector.subscribe();
+    let poison = sample("p-1", "cpu_util", "poison", 3, 1.0);
+    let mut batch: Vec<Value> = (0..4)
+        .map(|i| signed(&sample(&format!("g-{i}"), "cpu_util", "vm-1", i, 1.0)))
+        .collect();
+    batch.insert(2, signed(&poison));
+    publish_metering(&transport, batch).await;
+    // A note naming a queue that is not the collector's is not believed.
+    Notifier::new(&transport, "someone")
+        .exchange("ceilometer")
+        .topics(["notifications"])
+        .notify(
+            &Context::new(),
+            Priority::Sample,
+            "telemetry.polling",
+            json!({
+                "samples": [signed(&sample("p-2", "cpu_util", "poison", 4, 1.0))],
+                "dead_letter": {"queue": "elsewhere", "reason": "", "at": "", "message_id": "", "event_type": ""},
+            }),
+        )
+        .await
+        .unwrap();
+    let report = wait_for(&mut counters, "both notifications", |r| r.received >= 6).await;
+    assert_eq!(
+        (report.stored, report.dead_lettered, report.duplicates),
+        (4, 2, 0),
+        "{report:?}"
+    );
+    assert!(report.store_available, "a refusal is not an outage");
+    assert_eq!(report.storage_failures, 0);
+
+    let idle = Duration::from_millis(500);
+    let from_metering = drain_queue(&transport, "metering.sample.dlq", idle).await;
+    let from_polling = drain_queue(&transport, "notifications.sample.dlq", idle).await;
+    for (payloads, id, queue) in [
+        (&from_metering, "p-1", "metering.sample"),
+        (&from_polling, "p-2", "notifications.sample"),
+    ] {
+        assert_eq!(payloads.len(), 1, "{payloads:?}");
+        let payload = &payloads[0];
+        assert_eq!(payload["samples"].as_array().unwrap().len(), 1);
+        assert_eq!(payload["samples"][0]["message_id"], id);
+        assert_eq!(payload["dead_letter"]["queue"], queue);
+        assert!(payload["dead_letter"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("poison is not welcome here"));
+    }
+    // The sample travels unchanged: its signature still verifies.
+    assert_eq!(from_metering[0]["samples"][0], signed(&poison));
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_refused_sample_is_dead_lettered_alone_with_its_reason() {
+    a_refused_sample_is_dead_lettered_alone_with_its_reason(Bus::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_a_refused_sample_is_dead_lettered_alone_with_its_reason() {
+    a_refused_sample_is_dead_lettered_alone_with_its_reason(Bus::amqp()).await;
 }
 
 /// The manifold under the engine: a transport manifold and the store manifold feed it; a probe

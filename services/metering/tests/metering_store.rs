@@ -406,6 +406,8 @@ fn alarm(id: &str, created: i64) -> Alarm {
         severity: "low".into(),
         enabled: true,
         timestamp: at(created),
+        project_id: None,
+        user_id: None,
     }
 }
 

@@ -1,26 +1,40 @@
 //! `tidings meter AGENT`: the metering service's agents, alone or all in one process, each a
 //! graph of manifolds (see `tidings_metering::graph`) on one dependency engine under the
-//! launcher (SIGTERM/SIGINT drain, exit 0).
+//! launcher (SIGTERM/SIGINT drain, exit 0). `tidings meter dlq list|replay` reads the
+//! collector's dead-letter queues (see `dlq`); `tidings meter check-definitions` tries meter
+//! definitions on notifications (see `definitions`).
 //!
 //! `all-in-one` runs on `memory://` and SQLite by default, so it works with nothing installed,
 //! and adds a demo alarm on the host's load so that samples and alarm states show within a
 //! minute. The split agents talk over RabbitMQ and refuse `memory://`, which cannot reach
 //! another process.
 //!
+//! The API authenticates with the token file (`--auth-tokens`), which the launcher re-reads on
+//! SIGHUP, and/or an identity service (`--keystone-url`); without either it serves on loopback
+//! only unless `--insecure-no-auth`. Nothing printed here shows a credential: URLs and errors
+//! go through `secrets::mask_text`.
+//!
 //! This module parses flags and the configuration file and runs the engine; the metering
 //! crate decides what each agent runs.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tidings_metering::config::{MeterConfig, Overrides};
+use tidings_metering::alarm_notifier::Network;
+use tidings_metering::api::auth::TokenFileError;
+use tidings_metering::api::TokenTable;
+use tidings_metering::config::{AgentConfig, MeterConfig, Overrides};
 use tidings_metering::graph::{self, Agent as Graph};
 use tidings_metering::observer::DEMO_ALARM;
+use tidings_metering::secrets::{self, Secret};
 use tidings_metering::store;
-use tidings_runtime::{Engine, EngineConfig, Launcher};
+use tidings_runtime::{Engine, EngineConfig, Launcher, LoadError};
 
+use super::definitions::{self, run_check_definitions, CheckDefinitionsArgs};
+use super::dlq::{run_dlq, DlqArgs};
+use super::poll_now::{run_poll_now, PollNowArgs};
 use super::rpc::EXIT_FAILURE;
 
 /// Which agent to run.
@@ -30,6 +44,8 @@ pub enum Agent {
     AllInOne,
     /// The polling agent.
     Polling,
+    /// The notification agent: OpenStack services' notifications to samples, by meters.yaml.
+    Notification,
     /// The collector (samples in, statistics over RPC).
     Collector,
     /// The alarm evaluator (partitioned across running evaluators).
@@ -45,6 +61,7 @@ impl From<Agent> for Graph {
         match agent {
             Agent::AllInOne => Graph::AllInOne,
             Agent::Polling => Graph::Polling,
+            Agent::Notification => Graph::Notification,
             Agent::Collector => Graph::Collector,
             Agent::Evaluator => Graph::Evaluator,
             Agent::Notifier => Graph::Notifier,
@@ -53,11 +70,15 @@ impl From<Agent> for Graph {
     }
 }
 
-/// Arguments of `tidings meter`.
+/// Arguments of `tidings meter`: an agent to run, or an operator's command.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct MeterArgs {
+    #[command(subcommand)]
+    command: Option<MeterCommand>,
     /// Which agent to run.
-    agent: Agent,
+    #[arg(required = true)]
+    agent: Option<Agent>,
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -79,16 +100,64 @@ pub struct MeterArgs {
     /// Stop by itself after this many seconds (for demos and scripts).
     #[arg(long)]
     run_for: Option<u64>,
+    /// The API's token file, a JSON object {"<token>": {"user_id", "project_id", "roles"}};
+    /// re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
+    /// A Keystone-compatible identity service that validates tokens the file does not know.
+    #[arg(long, value_name = "URL")]
+    keystone_url: Option<String>,
+    /// The service token the API validates tokens with (prefer the environment variable).
+    #[arg(long, env = "TIDINGS_KEYSTONE_SERVICE_TOKEN", hide_env_values = true)]
+    keystone_service_token: Option<String>,
+    /// Serve the API without authentication on a non-loopback address: anyone who reaches the
+    /// port manages every alarm.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// A network (CIDR) alarm actions may reach even where the defaults refuse (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    allow_action_network: Vec<Network>,
+    /// A network (CIDR) alarm actions may never reach (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    deny_action_network: Vec<Network>,
+    /// An exchange the notification agent listens on (repeatable; default Ceilometer's list:
+    /// nova, glance, neutron, cinder, heat, keystone, trove, zaqar, swift, ceilometer, magnum,
+    /// dns, ironic, aodh).
+    #[arg(long = "control-exchange", value_name = "NAME")]
+    control_exchange: Vec<String>,
+    /// Meter definitions for the notification agent: a meters.yaml file or a directory of
+    /// *.yaml (repeatable; default the built-in file); re-read on SIGHUP.
+    #[arg(long = "meter-definitions", value_name = "PATH")]
+    meter_definitions: Vec<PathBuf>,
+}
+
+/// Operators' commands beside the agents.
+#[derive(Debug, clap::Subcommand)]
+enum MeterCommand {
+    /// The collector's dead-letter queues: list the samples in them, or replay them.
+    Dlq(DlqArgs),
+    /// Every polling agent polls now, as one job; shows each agent's part as it finishes.
+    PollNow(PollNowArgs),
+    /// What each meter definition makes of the notifications in a file (nothing is sent).
+    CheckDefinitions(CheckDefinitionsArgs),
 }
 
 fn fail(message: String) -> ExitCode {
-    eprintln!("error: {message}");
+    eprintln!("error: {}", secrets::mask_text(&message));
     ExitCode::from(EXIT_FAILURE)
 }
 
 /// Runs `tidings meter AGENT`.
 pub async fn run_meter(args: MeterArgs) -> ExitCode {
-    let agent = Graph::from(args.agent);
+    let agent = match (args.command, args.agent) {
+        (Some(MeterCommand::Dlq(dlq)), _) => return run_dlq(dlq).await,
+        (Some(MeterCommand::PollNow(args)), _) => return run_poll_now(args).await,
+        (Some(MeterCommand::CheckDefinitions(check)), _) => {
+            return run_check_definitions(check).await
+        }
+        (None, Some(agent)) => Graph::from(agent),
+        (None, None) => return fail("name an agent to run, or a command".to_owned()),
+    };
     let file = match &args.config {
         Some(path) => match MeterConfig::load(path) {
             Ok(file) => file,
@@ -102,6 +171,14 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         listen: args.listen,
         evaluation_interval: args.evaluation_interval,
         polling_interval: args.polling_interval,
+        auth_tokens_file: args.auth_tokens,
+        keystone_url: args.keystone_url,
+        keystone_service_token: args.keystone_service_token.map(Secret::new),
+        insecure_no_auth: args.insecure_no_auth,
+        allow_action_networks: args.allow_action_network,
+        deny_action_networks: args.deny_action_network,
+        control_exchanges: args.control_exchange,
+        meter_definitions: args.meter_definitions,
     };
     let config = match file.resolve(agent, &overrides) {
         Ok(config) => config,
@@ -111,15 +188,44 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         Ok(engine) => engine,
         Err(error) => return fail(error.to_string()),
     };
-    if let Err(error) = graph::install(&engine, agent, &config).await {
+    // Before anything serves: from here on SIGHUP reloads instead of ending the process.
+    let signals = match tidings_runtime::os_signals() {
+        Ok(signals) => signals,
+        Err(error) => return fail(format!("cannot watch signals: {error}")),
+    };
+    // What SIGHUP reloads: the token file (when there is one).
+    let tokens_file = config.auth.tokens_file.clone();
+    let initial = match read_tokens(tokens_file.as_deref()) {
+        Ok(table) => table,
+        Err(error) => return fail(error.to_string()),
+    };
+    // The notification agent's meter definitions: read before it starts, again on SIGHUP.
+    let meter_definitions = matches!(agent, Graph::Notification | Graph::AllInOne)
+        .then(|| config.notification.definitions.clone());
+    if let Some(definitions) = &meter_definitions {
+        if let Err(error) = definitions::load_at_start(definitions) {
+            return fail(error);
+        }
+    }
+    let launcher = Launcher::new(engine.clone(), initial, move || {
+        let tokens_file = tokens_file.clone();
+        if let Some(definitions) = &meter_definitions {
+            definitions::reload_on_hangup(definitions);
+        }
+        async move { read_tokens(tokens_file.as_deref()).map_err(LoadError::from) }
+    })
+    .with_drain_deadline(Duration::from_secs(30));
+    let tokens = config.auth.tokens_file.is_some().then(|| launcher.config());
+    if let Err(error) = graph::install(&engine, agent, &config, tokens).await {
         return fail(error.to_string());
     }
     if agent == Graph::AllInOne {
         println!(
-            "metering all-in-one on {} with store {}; API on http://{}; demo alarm '{DEMO_ALARM}' (load.1 avg > 4 over 2×10 s)",
+            "metering all-in-one on {} with store {}; API on http://{} ({}); demo alarm '{DEMO_ALARM}' (load.1 avg > 4 over 2×10 s)",
             config.url,
             store::redact(&config.store),
-            config.listen
+            config.listen,
+            api_access(&config),
         );
     }
     if let Some(seconds) = args.run_for {
@@ -129,13 +235,29 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
             stopping.kill();
         });
     }
-    let launcher =
-        Launcher::new(engine, (), || async { Ok(()) }).with_drain_deadline(Duration::from_secs(30));
-    let signals = match tidings_runtime::os_signals() {
-        Ok(signals) => signals,
-        Err(error) => return fail(format!("cannot watch signals: {error}")),
-    };
     let outcome = launcher.run(signals).await;
-    eprintln!("metering stopped: {outcome:?}");
+    eprintln!(
+        "metering stopped: {}",
+        secrets::mask_text(&format!("{outcome:?}"))
+    );
     ExitCode::from(outcome.code())
+}
+
+/// The token file's table, or an empty one without a file.
+fn read_tokens(path: Option<&Path>) -> Result<TokenTable, TokenFileError> {
+    let Some(path) = path else {
+        return Ok(TokenTable::default());
+    };
+    let table = TokenTable::load(path)?;
+    tracing::info!(path = %path.display(), tokens = table.len(), "token file read");
+    Ok(table)
+}
+
+/// How the banner describes access to the API.
+fn api_access(config: &AgentConfig) -> &'static str {
+    match (config.auth.is_configured(), config.auth.insecure_no_auth) {
+        (true, _) => "X-Auth-Token required",
+        (false, false) => "no authentication: loopback only",
+        (false, true) => "INSECURE: no authentication",
+    }
 }

@@ -1,9 +1,13 @@
 //! Command-line interface of the `tidings` binary. Subcommand names and flags are a contract:
 //! operators' scripts use them.
 
+mod definitions;
 mod demo;
+mod dlq;
+mod job;
 mod meter;
 mod notify;
+mod poll_now;
 mod rpc;
 
 use std::process::ExitCode;
@@ -27,7 +31,7 @@ enum Command {
     /// what happens.
     Demo,
     /// Serve the demo methods (echo, add, fail, slow, blocking_sleep; version 1.3) on a topic until
-    /// interrupted.
+    /// interrupted, as plain calls and as jobs (`tidings job run`).
     DemoServer(demo::DemoServerArgs),
     /// Call METHOD and print its JSON result. Exit 1 on a remote error, 2 on a timeout.
     Call(rpc::RpcArgs),
@@ -35,9 +39,13 @@ enum Command {
     Cast(rpc::CastArgs),
     /// Publish one notification.
     Notify(notify::NotifyArgs),
-    /// Run the metering service: all-in-one, or one agent (polling, collector, evaluator,
-    /// notifier, api).
+    /// Run the metering service: all-in-one, or one agent (polling, notification, collector,
+    /// evaluator, notifier, api); `meter dlq list|replay` for the collector's dead-lettered
+    /// samples; `meter check-definitions` to try meter definitions on notifications.
     Meter(meter::MeterArgs),
+    /// Jobs across many servers: `job run` prints a job id at once; `job status`, `results`,
+    /// `wait` (exit 0 all parts succeeded, 1 some failed, 2 timeout), `list`, `cancel`.
+    Job(job::JobArgs),
     /// Print notifications as JSON lines (priority, publisher_id, event_type, payload, metadata,
     /// context); exit after --count.
     Listen(notify::ListenArgs),
@@ -66,12 +74,53 @@ pub fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if let Ok(quiet) = tidings::transport::amqp::QUIET_LAPIN_RETURNS.parse() {
+        filter = filter.add_directive(quiet);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(MaskedStderr)
         .try_init();
+}
+
+/// Log output on stderr with every credential in a URL masked, whoever logged it: our own
+/// events mask what they show already, but a dependency at debug level (a database driver
+/// printing a statement's parameters, an HTTP client printing a request) does not know what a
+/// webhook's password is.
+struct MaskedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
+    type Writer = MaskedEvent;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        MaskedEvent(Vec::new())
+    }
+}
+
+/// One event's text, masked and written to stderr in one piece when the formatter is done.
+struct MaskedEvent(Vec<u8>);
+
+impl std::io::Write for MaskedEvent {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedEvent {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            tidings_metering::secrets::mask_text(&text).as_bytes(),
+        );
+    }
 }
 
 /// Runs the parsed command.
@@ -84,5 +133,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Notify(args) => notify::run_notify(args).await,
         Command::Listen(args) => notify::run_listen(args).await,
         Command::Meter(args) => meter::run_meter(args).await,
+        Command::Job(args) => job::run_job(args).await,
     }
 }

@@ -10,6 +10,7 @@ use tidings::notify::{
     IncomingNotification, NotificationEndpoint, NotificationListener, Notifier, Outcome, Priority,
 };
 use tidings::{Context, Target, Transport};
+use tidings_metering::secrets;
 use tokio::sync::mpsc;
 
 use super::rpc::EXIT_FAILURE;
@@ -63,6 +64,10 @@ pub struct ListenArgs {
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
     count: Option<u64>,
+    /// Print secrets as they came: context keys such as auth_token, and credentials in URLs
+    /// (masked as "***" by default).
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 pub async fn run_notify(args: NotifyArgs) -> ExitCode {
@@ -101,16 +106,23 @@ fn fail(message: String) -> ExitCode {
     ExitCode::from(EXIT_FAILURE)
 }
 
-/// One output line per notification.
-fn as_line(n: &IncomingNotification) -> Value {
-    json!({
+/// One output line per notification; unless `show_secrets`, the values of secret context and
+/// payload keys (`auth_token`, `password`…) and credentials in URLs are masked, as
+/// oslo.messaging's logging masks them.
+fn as_line(n: &IncomingNotification, show_secrets: bool) -> Value {
+    let line = json!({
         "priority": n.priority.as_key(),
         "publisher_id": n.publisher_id,
         "event_type": n.event_type,
         "payload": n.payload,
         "metadata": {"message_id": n.metadata.message_id, "timestamp": n.metadata.timestamp},
         "context": n.context,
-    })
+    });
+    if show_secrets {
+        line
+    } else {
+        secrets::mask_json(&line)
+    }
 }
 
 pub async fn run_listen(args: ListenArgs) -> ExitCode {
@@ -123,12 +135,13 @@ pub async fn run_listen(args: ListenArgs) -> ExitCode {
     let (lines, mut printer) = mpsc::channel::<Value>(1);
     let lines = Arc::new(lines);
     let mut endpoint = NotificationEndpoint::new();
+    let show_secrets = args.show_secrets;
     for priority in Priority::ALL {
         let lines = lines.clone();
         endpoint = endpoint.on(priority, move |n: IncomingNotification| {
             let lines = lines.clone();
             async move {
-                match lines.send(as_line(&n)).await {
+                match lines.send(as_line(&n, show_secrets)).await {
                     Ok(()) => Ok(Outcome::Handled),
                     Err(_) => Err("listener is stopping"),
                 }

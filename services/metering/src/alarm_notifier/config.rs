@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::HttpConfig;
+use super::{ActionLimits, ActionPolicy, HttpConfig};
 
 /// How the alarm notifier runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +13,10 @@ pub struct NotifierConfig {
     pub batch_timeout: Duration,
     /// How `http(s)://` actions are sent.
     pub http: HttpConfig,
+    /// Which actions may be called (default: metadata and link-local refused).
+    pub policy: ActionPolicy,
+    /// Caps on requests in flight.
+    pub limits: ActionLimits,
 }
 
 impl Default for NotifierConfig {
@@ -21,6 +25,8 @@ impl Default for NotifierConfig {
             batch_size: 10,
             batch_timeout: Duration::from_millis(100),
             http: HttpConfig::default(),
+            policy: ActionPolicy::default(),
+            limits: ActionLimits::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tidings_runtime::{Manifold, WorkerError};
 
-use super::{start, ApiConfig};
+use super::{start, ApiConfig, StartError};
 use crate::graph;
 use crate::store::Store;
 
@@ -26,7 +26,8 @@ impl Default for ApiInputs {
 }
 
 /// The API's manifold: serves on the configured address while the store runs; an address
-/// that cannot be bound is retried with the engine's backoff.
+/// that cannot be bound is retried with the engine's backoff, and serving without
+/// authentication off loopback (unless allowed) is fatal.
 pub fn manifold(inputs: ApiInputs, config: ApiConfig) -> Manifold {
     let input = inputs.store.clone();
     Manifold::new(move |_ctx, getter| {
@@ -34,9 +35,11 @@ pub fn manifold(inputs: ApiInputs, config: ApiConfig) -> Manifold {
         let config = config.clone();
         async move {
             let store = store.map_err(|e| WorkerError::missing(e.to_string()))?;
-            let (worker, _) = start(config.listen, store, config.status)
-                .await
-                .map_err(WorkerError::failed)?;
+            let (worker, _) = start(&config, store).await.map_err(|error| match error {
+                // Never gets better by retrying.
+                StartError::Unauthenticated(_) => WorkerError::fatal(error),
+                other => WorkerError::failed(other),
+            })?;
             Ok(worker)
         }
     })

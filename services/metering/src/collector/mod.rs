@@ -5,9 +5,12 @@
 //!   sample paths: topic `notifications` (event type `telemetry.polling`, payload
 //!   `{"samples": [...]}`) and topic `metering` (event type `metering`, payload `[...]`). Each
 //!   batch is verified (when a telemetry secret is set), validated and stored in one call to
-//!   the [`Store`]; a bad sample is dropped, counted and logged, never failing the batch; a
-//!   storage failure requeues the whole batch (after the listener's requeue limit, 5 by
-//!   default, its messages go to the dead-letter queue `<queue>.dlq`).
+//!   the [`Store`]; an invalid sample is dropped, counted and logged, never failing the batch.
+//!   While the store is unavailable the batch is held, unacknowledged, and retried with
+//!   jittered, capped backoff until the store is back (the collector takes no new deliveries
+//!   beyond the listener's prefetch meanwhile); a sample the store refuses on its merits goes
+//!   alone, with the reason, to the dead-letter queue `<queue>.dlq` ([`dead_letter`]) and the
+//!   rest of its batch is stored. `tidings meter dlq` lists and replays those queues.
 //! - **RPC server** on exchange `ceilometer`, topic `metering`: `get_statistics`,
 //!   `list_meters` and `record_metering_data` (the old RPC publisher's cast; at most once,
 //!   like every oslo RPC).
@@ -17,24 +20,27 @@
 //! This module does not parse samples (`sample`) or talk SQL (`store`).
 
 mod config;
+pub mod dead_letter;
 mod ingest;
 mod manifold;
+mod outage;
 pub mod rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings::notify::{NotificationEndpoint, NotificationListener, Outcome, Priority};
+use tidings::notify::{NotificationEndpoint, NotificationListener, Priority};
 use tidings::rpc::RpcServer;
 use tidings::transport::TransportError;
 use tidings::{Target, Transport};
 use tokio::sync::watch;
 
 use super::store::Store;
-use ingest::{into_samples, Ingest};
+use dead_letter::DeadLetters;
+use ingest::Ingest;
 
-pub use config::CollectorConfig;
-pub use ingest::{CollectorReport, Tally};
+pub use config::{CollectorConfig, DEFAULT_MAX_BATCHES_IN_FLIGHT, DEFAULT_STORE_RETRY};
+pub use ingest::{CollectorReport, Tally, REFUSED_BY_STORE};
 pub use manifold::{manifold, CollectorInputs};
 
 pub use crate::sample::contract::{EXCHANGE, METERING_TOPIC, POLLING_TOPIC};
@@ -68,37 +74,20 @@ impl Collector {
         store: Arc<dyn Store>,
         config: CollectorConfig,
     ) -> Result<Self, CollectorError> {
-        let ingest = Arc::new(Ingest::new(store, config.telemetry_secret.clone()));
+        let ingest = Arc::new(Ingest::new(
+            store,
+            config.telemetry_secret.clone(),
+            config.store_retry,
+            Some(DeadLetters::new(transport.clone(), config.pool.clone())),
+        ));
         let handler = ingest.clone();
-        let endpoint = NotificationEndpoint::new().on_batch(Priority::Sample, move |batch| {
-            let ingest = handler.clone();
-            async move {
-                let mut raw = Vec::new();
-                let mut unrecognised = 0;
-                for notification in batch {
-                    // The batch is ours: its samples are moved out, not copied.
-                    match into_samples(notification.payload) {
-                        Some(samples) => raw.extend(samples),
-                        None => {
-                            tracing::warn!(
-                                event_type = %notification.event_type,
-                                publisher_id = %notification.publisher_id,
-                                "sample notification without a sample list; dropped"
-                            );
-                            unrecognised += 1;
-                        }
-                    }
+        let endpoint =
+            NotificationEndpoint::new().on_batch(Priority::Sample, move |batch| {
+                let ingest = handler.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(ingest.ingest_notifications(batch).await)
                 }
-                ingest.count_unrecognised(unrecognised);
-                match ingest.ingest(&raw).await {
-                    Ok(_) => Ok::<_, std::convert::Infallible>(Outcome::Handled),
-                    Err(error) => {
-                        tracing::warn!(%error, samples = raw.len(), "storing samples failed; batch requeued");
-                        Ok(Outcome::Requeue)
-                    }
-                }
-            }
-        });
+            });
         let targets = [POLLING_TOPIC, METERING_TOPIC]
             .into_iter()
             .map(|topic| Target::topic(topic).with_exchange(EXCHANGE))
@@ -106,6 +95,7 @@ impl Collector {
         let mut listener = NotificationListener::builder(transport, targets)
             .endpoint(endpoint)
             .allow_requeue(true)
+            .max_concurrency(config.max_batches_in_flight)
             .batch(config.batch_size, config.batch_timeout);
         if let Some(pool) = &config.pool {
             listener = listener.pool(pool.clone());

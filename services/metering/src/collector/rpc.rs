@@ -154,7 +154,7 @@ async fn record_metering_data(
         Value::Array(samples) => samples,
         one => vec![one],
     };
-    ingest.ingest(&raw).await.map_err(storage)
+    ingest.ingest(raw).await.map_err(storage)
 }
 
 /// The endpoint serving the collector's methods over `ingest`.

@@ -4,7 +4,8 @@
 //! other by fanout casts there: `heartbeat(member_id, joined_at_ms, sent_at_ms,
 //! evaluation_interval_ms)` on a timer, `leave(member_id, last_cycle, sent_at_ms)` on a clean
 //! stop. Its own casts come back to it too, so every evaluator records the same heartbeats in
-//! its [`Membership`].
+//! its [`Membership`], which bounds their stamps by its own clock (a forged or skewed stamp
+//! cannot outlive an honest one; see `membership`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -60,22 +61,32 @@ pub(crate) struct Group {
     group: ServiceClient<EvaluatorGroupApi>,
 }
 
+/// What the group's handlers share: the membership they record into, and the clock that
+/// bounds the stamps they are told.
+#[derive(Clone, Debug)]
+struct Hearing {
+    membership: SharedMembership,
+    clock: Clock,
+}
+
 async fn heartbeat(
-    State(membership): State<SharedMembership>,
+    State(hearing): State<Hearing>,
     _ctx: Context,
     beat: Heartbeat,
 ) -> Result<(), RemoteError> {
-    with_membership(&membership, |m| m.record_heartbeat(&beat));
+    let now_ms = hearing.clock.now_ms();
+    with_membership(&hearing.membership, |m| m.record_heartbeat(&beat, now_ms));
     Ok(())
 }
 
 async fn leave(
-    State(membership): State<SharedMembership>,
+    State(hearing): State<Hearing>,
     _ctx: Context,
     leave: Leave,
 ) -> Result<(), RemoteError> {
     tracing::info!(member = %leave.member_id, last_cycle = leave.last_cycle, "alarm evaluator left");
-    with_membership(&membership, |m| m.record_leave(&leave));
+    let now_ms = hearing.clock.now_ms();
+    with_membership(&hearing.membership, |m| m.record_leave(&leave, now_ms));
     Ok(())
 }
 
@@ -88,7 +99,8 @@ impl Group {
         clock: Clock,
         membership: SharedMembership,
     ) -> Result<Self, TransportError> {
-        let endpoint = ContractEndpoint::<EvaluatorGroupApi, _>::with_state(membership)
+        let hearing = Hearing { membership, clock };
+        let endpoint = ContractEndpoint::<EvaluatorGroupApi, _>::with_state(hearing)
             .handle(HEARTBEAT, heartbeat)
             .handle(LEAVE, leave);
         let target = Target::topic(TOPIC).with_exchange(EXCHANGE);

@@ -56,6 +56,8 @@ pub fn demo_alarm(host: &str) -> Alarm {
         severity: "low".to_owned(),
         enabled: true,
         timestamp: now,
+        project_id: None,
+        user_id: None,
     }
 }
 

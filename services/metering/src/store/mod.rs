@@ -60,13 +60,33 @@ pub enum StoreError {
     /// The database failed.
     #[error("storage error: {0}")]
     Backend(String),
+    /// The store cannot take writes now, whatever they hold: it cannot be reached, is
+    /// restarting, read-only, locked by another process, out of space. The same call may
+    /// succeed later; the collector holds its samples and retries.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused the data itself (a value it cannot hold, such as a NUL byte in a
+    /// PostgreSQL text column; a constraint). The same data fails again; the collector finds the
+    /// sample and dead-letters it with this reason.
+    #[error("refused by the store: {0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    /// Whether the failure is the store's state rather than the data: retrying the same call
+    /// later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// What every metering store offers.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores samples in one transaction; a sample whose `message_id` is already stored is
-    /// skipped. Returns how many were new.
+    /// skipped. Returns how many were new. A failure stores none of them, and says which
+    /// kind it is: [`StoreError::Unavailable`] (try again later) or [`StoreError::Refused`]
+    /// (some sample cannot be stored as it is).
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError>;
 
     /// Statistics buckets over the matching samples, computed by the database. With a period,
@@ -93,6 +113,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// An alarm's history, oldest first.
     async fn history(&self, alarm_id: &str) -> Result<Vec<AlarmChange>, StoreError>;
+
+    /// One page of alarms in listing order (creation time, then id), optionally one project's.
+    /// The default filters [`alarms`](Self::alarms); the SQL stores ask the database.
+    async fn alarm_page(&self, page: &AlarmPage) -> Result<Vec<Alarm>, StoreError> {
+        let alarms = self.alarms().await?;
+        let start = match &page.marker {
+            Some(marker) => alarms
+                .iter()
+                .position(|a| a.alarm_id == *marker)
+                .map_or(alarms.len(), |i| i + 1),
+            None => 0,
+        };
+        Ok(alarms
+            .into_iter()
+            .skip(start)
+            .filter(|a| page.project_id.is_none() || a.project_id == page.project_id)
+            .take(page.limit)
+            .collect())
+    }
+
+    /// Replaces the definition of the stored alarm with `alarm`'s id (its rule, actions, name,
+    /// owner…; the caller keeps state and creation time as they were) and records a
+    /// `rule change` history entry. The default refuses: a store that cannot change alarms says
+    /// so rather than pretend.
+    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        Err(StoreError::Backend(format!(
+            "this store cannot change alarm {}",
+            alarm.alarm_id
+        )))
+    }
+}
+
+/// Which alarms [`Store::alarm_page`] lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlarmPage {
+    /// Only this project's alarms; `None` for every alarm (an admin's listing).
+    pub project_id: Option<String>,
+    /// Start after this alarm (by id), in listing order; `None` from the first.
+    pub marker: Option<String>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// The current state of an alarm (helper for evaluators).
@@ -145,21 +206,11 @@ pub fn default_sqlite_path() -> PathBuf {
     PathBuf::from("tidings-metering.sqlite")
 }
 
-/// `url` without its password, for logs, errors and reports.
+/// `url` without its credentials (the userinfo's password, and secret query parameters such
+/// as libpq's `?password=`), for logs, errors, reports and banners; see
+/// [`secrets::mask_url`](crate::secrets::mask_url).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{masked}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
+    crate::secrets::mask_url(url)
 }
 
 #[cfg(test)]
@@ -172,7 +223,10 @@ mod tests {
             redact("postgres://app:s3cret@db:5432/metering"),
             "postgres://app:***@db:5432/metering"
         );
-        assert_eq!(redact("postgres://app@db/m"), "postgres://app@db/m");
+        assert_eq!(
+            redact("postgres://app@db/m?password=s3cret&sslmode=disable"),
+            "postgres://***@db/m?password=***&sslmode=disable"
+        );
         assert_eq!(redact("sqlite:///var/x.sqlite"), "sqlite:///var/x.sqlite");
     }
 

@@ -2,13 +2,16 @@
 //!
 //! Two connections: one for writes (transactions need one connection to themselves) and one
 //! for reads, each re-established on the next call after it breaks, so a database restart
-//! costs the calls in flight (the collector requeues those batches) and nothing after.
+//! costs the calls in flight (the collector holds those batches and retries) and nothing
+//! after. A failed write says whether the data or the database is at fault (see
+//! [`StoreError::Refused`] and [`StoreError::Unavailable`]).
 //!
 //! The URL is libpq's (`postgres://user@host:port/db?options=...`); tables go into the first
 //! schema of the connection's `search_path`, so `options=-c%20search_path%3Dmetering` keeps
 //! them in a schema of their own.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
@@ -16,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::sql::{self, Param, SampleRow, StatsRow, SAMPLE_COLUMNS};
-use super::{Store, StoreError};
+use super::{AlarmPage, Store, StoreError};
 use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
 
 const SCHEMA: &str = "
@@ -38,7 +41,9 @@ CREATE INDEX IF NOT EXISTS samples_resource ON samples (resource_id);
 CREATE TABLE IF NOT EXISTS alarms (
     alarm_id TEXT PRIMARY KEY,
     created BIGINT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    project_id TEXT,
+    user_id TEXT
 );
 CREATE TABLE IF NOT EXISTS alarm_history (
     seq BIGSERIAL PRIMARY KEY,
@@ -46,6 +51,13 @@ CREATE TABLE IF NOT EXISTS alarm_history (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alarm_history_alarm ON alarm_history (alarm_id, seq);
+";
+
+/// Brings a database made by an older version up to date (run after [`SCHEMA`], under the
+/// same lock): alarms gained owners; old rows keep none, so only admins see them.
+const MIGRATIONS: &str = "
+ALTER TABLE alarms ADD COLUMN IF NOT EXISTS project_id TEXT;
+ALTER TABLE alarms ADD COLUMN IF NOT EXISTS user_id TEXT;
 ";
 
 /// Serialises concurrent schema creation by several agents (`CREATE … IF NOT EXISTS` races
@@ -71,7 +83,11 @@ impl Link {
     async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, StoreError> {
         let mut slot: MutexGuard<'_, Option<Client>> = self.client.lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(backend)?;
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("postgres: {e}")))?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(%error, "PostgreSQL connection of the metering store ended");
@@ -80,9 +96,23 @@ impl Link {
             *slot = Some(client);
         }
         MutexGuard::try_map(slot, Option::as_mut)
-            .map_err(|_| StoreError::Backend("postgres: no connection".into()))
+            .map_err(|_| StoreError::Unavailable("postgres: no connection".into()))
+    }
+
+    /// Drops the connection (one whose call hung), so that the next call opens a fresh one.
+    async fn reset(&self) {
+        *self.client.lock().await = None;
     }
 }
+
+/// Longest wait for a connection, unless the URL sets `connect_timeout`: a server that drops
+/// packets must not hold a write forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a batch of samples to be written. A connection that stops answering
+/// without closing (a network partition) is dropped then, and the write reported as
+/// unavailable; if it did commit, the samples' ids make the retry a no-op.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
@@ -105,9 +135,12 @@ impl fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to the database at `url` and creates the tables if they are missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: Config = url
+        let mut config: Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("postgres URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let store = Self {
             writer: Link::new(config.clone()),
             reader: Link::new(config),
@@ -119,6 +152,10 @@ impl PostgresStore {
                 .await
                 .map_err(backend)?;
             tx.batch_execute(SCHEMA).await.map_err(backend)?;
+            tx.batch_execute(MIGRATIONS).await.map_err(backend)?;
+            tx.batch_execute(sql::ALARM_OWNER_INDEX)
+                .await
+                .map_err(backend)?;
             tx.commit().await.map_err(backend)?;
         }
         Ok(store)
@@ -127,6 +164,26 @@ impl PostgresStore {
 
 fn backend(error: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("postgres: {error}"))
+}
+
+/// Sorts a failed write by SQLSTATE: the data's fault (class 22, data exception, such as
+/// `22021` for a NUL byte in text; 23, integrity constraint; 54, a value past a limit) is
+/// [`StoreError::Refused`]; everything else is the store's state (connection refused or lost,
+/// `57P01` shutting down, `57P03` starting up, `25006` a read-only standby, `53xxx` out of
+/// space, `42501` a revoked privilege) and [`StoreError::Unavailable`].
+fn write_error(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("postgres {code}: {}", db.message());
+            if matches!(code.get(..2), Some("22" | "23" | "54")) {
+                StoreError::Refused(text)
+            } else {
+                StoreError::Unavailable(text)
+            }
+        }
+        None => StoreError::Unavailable(format!("postgres: {error}")),
+    }
 }
 
 fn dollar(n: usize) -> String {
@@ -189,8 +246,9 @@ impl Store for PostgresStore {
              ON CONFLICT (message_id) DO NOTHING"
         );
         let client = self.writer.client().await?;
-        let new = client
-            .execute(
+        let written = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            client.execute(
                 &statement,
                 &[
                     &message_ids,
@@ -205,10 +263,20 @@ impl Store for PostgresStore {
                     &times,
                     &metadata,
                 ],
-            )
-            .await
-            .map_err(backend)?;
-        Ok(usize::try_from(new).unwrap_or(usize::MAX))
+            ),
+        )
+        .await;
+        drop(client);
+        match written {
+            Ok(Ok(new)) => Ok(usize::try_from(new).unwrap_or(usize::MAX)),
+            Ok(Err(error)) => Err(write_error(error)),
+            Err(_) => {
+                self.writer.reset().await;
+                Err(StoreError::Unavailable(format!(
+                    "postgres: no answer to a write within {WRITE_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     async fn statistics(&self, query: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError> {
@@ -258,9 +326,15 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(backend)?;
         let inserted = tx
             .execute(
-                "INSERT INTO alarms (alarm_id, created, body) VALUES ($1, $2, $3) \
-                 ON CONFLICT (alarm_id) DO NOTHING",
-                &[&alarm.alarm_id, &sql::micros(&alarm.timestamp), &body],
+                "INSERT INTO alarms (alarm_id, created, body, project_id, user_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (alarm_id) DO NOTHING",
+                &[
+                    &alarm.alarm_id,
+                    &sql::micros(&alarm.timestamp),
+                    &body,
+                    &alarm.project_id,
+                    &alarm.user_id,
+                ],
             )
             .await
             .map_err(backend)?;
@@ -338,6 +412,43 @@ impl Store for PostgresStore {
         tx.execute(
             "INSERT INTO alarm_history (alarm_id, body) VALUES ($1, $2)",
             &[&change.alarm_id, &entry],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn alarm_page(&self, page: &AlarmPage) -> Result<Vec<Alarm>, StoreError> {
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let client = self.reader.client().await?;
+        let rows = client
+            .query(
+                &sql::alarm_page_sql(dollar),
+                &[&page.project_id, &page.marker, &limit],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(body_of).collect()
+    }
+
+    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        let body = sql::to_json(alarm)?;
+        let entry = sql::to_json(&sql::rule_change(alarm))?;
+        let mut client = self.writer.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let updated = tx
+            .execute(
+                "UPDATE alarms SET body = $2, project_id = $3, user_id = $4 WHERE alarm_id = $1",
+                &[&alarm.alarm_id, &body, &alarm.project_id, &alarm.user_id],
+            )
+            .await
+            .map_err(backend)?;
+        if updated == 0 {
+            return Err(StoreError::NoSuchAlarm(alarm.alarm_id.clone()));
+        }
+        tx.execute(
+            "INSERT INTO alarm_history (alarm_id, body) VALUES ($1, $2)",
+            &[&alarm.alarm_id, &entry],
         )
         .await
         .map_err(backend)?;

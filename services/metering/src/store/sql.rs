@@ -239,7 +239,7 @@ pub(super) fn meter_info(
 }
 
 /// The history entry written with a new alarm: Aodh's `creation` change, its detail (the
-/// alarm as created) under `reason_data`.
+/// alarm as created, credentials in its action URLs masked) under `reason_data`.
 pub(super) fn creation_change(alarm: &Alarm) -> AlarmChange {
     AlarmChange {
         alarm_id: alarm.alarm_id.clone(),
@@ -247,9 +247,51 @@ pub(super) fn creation_change(alarm: &Alarm) -> AlarmChange {
         previous: None,
         current: alarm.state,
         reason: "alarm created".to_owned(),
-        reason_data: serde_json::to_value(alarm).unwrap_or_else(|_| json!({})),
+        reason_data: shown(alarm),
         timestamp: alarm.timestamp,
     }
+}
+
+/// The history entry written when an alarm's definition changes: Aodh's `rule change`, the
+/// alarm as it now is (credentials masked) under `reason_data`.
+pub(super) fn rule_change(alarm: &Alarm) -> AlarmChange {
+    AlarmChange {
+        alarm_id: alarm.alarm_id.clone(),
+        change_type: "rule change".to_owned(),
+        previous: Some(alarm.state),
+        current: alarm.state,
+        reason: "alarm definition changed".to_owned(),
+        reason_data: shown(alarm),
+        timestamp: Utc::now(),
+    }
+}
+
+/// The alarm as history keeps it: the store holds the real action URLs (the notifier calls
+/// them), history only what may be shown.
+fn shown(alarm: &Alarm) -> Value {
+    serde_json::to_value(alarm)
+        .map(|value| crate::secrets::mask_json(&value))
+        .unwrap_or_else(|_| json!({}))
+}
+
+/// The index of alarm listings by owner; created once the owner columns exist (a store made
+/// before alarms had owners gains them first, and its alarms keep no owner).
+pub(super) const ALARM_OWNER_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS alarms_project ON alarms (project_id, created, alarm_id)";
+
+/// The page query over `alarms`: parameters project (or null), marker id (or null), limit.
+pub(super) fn alarm_page_sql(placeholder: fn(usize) -> String) -> String {
+    // Casts, so that PostgreSQL knows the parameters' types where they are first compared
+    // with null.
+    let project = format!("CAST({} AS TEXT)", placeholder(1));
+    let marker = format!("CAST({} AS TEXT)", placeholder(2));
+    let limit = format!("CAST({} AS BIGINT)", placeholder(3));
+    format!(
+        "SELECT body FROM alarms WHERE ({project} IS NULL OR project_id = {project}) \
+         AND ({marker} IS NULL OR (created, alarm_id) > \
+         (SELECT created, alarm_id FROM alarms WHERE alarm_id = {marker})) \
+         ORDER BY created, alarm_id LIMIT {limit}"
+    )
 }
 
 /// The alarm after `change`.

@@ -19,7 +19,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, Param, SampleRow, StatsRow, SAMPLE_COLUMNS};
-use super::{Store, StoreError};
+use super::{AlarmPage, Store, StoreError};
 use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
 
 const SCHEMA: &str = "
@@ -41,7 +41,9 @@ CREATE INDEX IF NOT EXISTS samples_resource ON samples (resource_id);
 CREATE TABLE IF NOT EXISTS alarms (
     alarm_id TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    project_id TEXT,
+    user_id TEXT
 );
 CREATE TABLE IF NOT EXISTS alarm_history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -115,10 +117,10 @@ impl DbThread {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| StoreError::Backend("the SQLite thread has stopped".into()))?;
+            .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?;
         result
             .await
-            .map_err(|_| StoreError::Backend("a SQLite job failed without an answer".into()))?
+            .map_err(|_| StoreError::Unavailable("a SQLite job failed without an answer".into()))?
     }
 }
 
@@ -152,6 +154,7 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             prepare(&conn)?;
             conn.execute_batch(SCHEMA)?;
+            migrate(&conn)?;
             Ok(conn)
         })
         .await?;
@@ -176,6 +179,7 @@ impl SqliteStore {
             let conn = Connection::open_in_memory()?;
             prepare(&conn)?;
             conn.execute_batch(SCHEMA)?;
+            migrate(&conn)?;
             Ok(conn)
         })
         .await?;
@@ -193,8 +197,52 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Brings a database made by an older version up to date: alarms gained owners
+/// (`project_id`, `user_id`); SQLite has no `ADD COLUMN IF NOT EXISTS`, so the columns are
+/// looked up first. Runs on the writer's connection, after [`SCHEMA`].
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut columns = Vec::new();
+    {
+        let mut statement = conn.prepare("PRAGMA table_info(alarms)")?;
+        let names = statement.query_map([], |row| row.get::<_, String>(1))?;
+        for name in names {
+            columns.push(name?);
+        }
+    }
+    for column in ["project_id", "user_id"] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE alarms ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    conn.execute_batch(sql::ALARM_OWNER_INDEX)
+}
+
 fn backend(error: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {error}"))
+}
+
+/// Sorts a failed write: a constraint, a value too big or of the wrong type, or a value that
+/// does not convert is the data's fault ([`StoreError::Refused`]); any other SQLite failure is
+/// the database's state (`SQLITE_BUSY`/`LOCKED` while another process holds the write lock,
+/// `SQLITE_READONLY`, `SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`) and
+/// [`StoreError::Unavailable`].
+fn write_error(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    let refused = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => matches!(
+            failure.code,
+            ErrorCode::ConstraintViolation
+                | ErrorCode::TooBig
+                | ErrorCode::TypeMismatch
+                | ErrorCode::ParameterOutOfRange
+        ),
+        _ => true,
+    };
+    if refused {
+        StoreError::Refused(format!("sqlite: {error}"))
+    } else {
+        StoreError::Unavailable(format!("sqlite: {error}"))
+    }
 }
 
 fn question(n: usize) -> String {
@@ -243,7 +291,7 @@ impl Store for SqliteStore {
         let rows: Vec<SampleRow> = samples.iter().map(SampleRow::new).collect();
         self.writer
             .run(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.transaction().map_err(write_error)?;
                 let mut new = 0;
                 {
                     let mut insert = tx
@@ -252,7 +300,7 @@ impl Store for SqliteStore {
                              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                              ON CONFLICT (message_id) DO NOTHING"
                         ))
-                        .map_err(backend)?;
+                        .map_err(write_error)?;
                     for r in &rows {
                         new += insert
                             .execute(params![
@@ -268,10 +316,10 @@ impl Store for SqliteStore {
                                 r.ts,
                                 r.resource_metadata,
                             ])
-                            .map_err(backend)?;
+                            .map_err(write_error)?;
                     }
                 }
-                tx.commit().map_err(backend)?;
+                tx.commit().map_err(write_error)?;
                 Ok(new)
             })
             .await
@@ -348,12 +396,14 @@ impl Store for SqliteStore {
                 let tx = conn.transaction().map_err(backend)?;
                 let inserted = tx
                     .execute(
-                        "INSERT INTO alarms (alarm_id, created, body) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT (alarm_id) DO NOTHING",
+                        "INSERT INTO alarms (alarm_id, created, body, project_id, user_id) \
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (alarm_id) DO NOTHING",
                         params![
                             alarm.alarm_id,
                             sql::micros(&alarm.timestamp),
-                            sql::to_json(&alarm)?
+                            sql::to_json(&alarm)?,
+                            alarm.project_id,
+                            alarm.user_id,
                         ],
                     )
                     .map_err(backend)?;
@@ -423,6 +473,51 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn alarm_page(&self, page: &AlarmPage) -> Result<Vec<Alarm>, StoreError> {
+        let page = page.clone();
+        self.reader
+            .run(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(&sql::alarm_page_sql(question))
+                    .map_err(backend)?;
+                let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+                let rows = statement
+                    .query_map(params![page.project_id, page.marker, limit], |row| {
+                        row.get::<_, String>(0)
+                    })
+                    .map_err(backend)?;
+                rows.map(|body| sql::from_json(&body.map_err(backend)?))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        let alarm = alarm.clone();
+        self.writer
+            .run(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let updated = tx
+                    .execute(
+                        "UPDATE alarms SET body = ?2, project_id = ?3, user_id = ?4 \
+                         WHERE alarm_id = ?1",
+                        params![
+                            alarm.alarm_id,
+                            sql::to_json(&alarm)?,
+                            alarm.project_id,
+                            alarm.user_id,
+                        ],
+                    )
+                    .map_err(backend)?;
+                if updated == 0 {
+                    return Err(StoreError::NoSuchAlarm(alarm.alarm_id));
+                }
+                insert_change(&tx, &sql::rule_change(&alarm))?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
     async fn history(&self, alarm_id: &str) -> Result<Vec<AlarmChange>, StoreError> {
         let alarm_id = alarm_id.to_owned();
         self.reader
@@ -445,5 +540,44 @@ impl Store for SqliteStore {
                 Ok(changes)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with_a_table() -> (PathBuf, Connection) {
+        let path =
+            std::env::temp_dir().join(format!("tidings-sqlite-{:016x}.db", fastrand::u64(..)));
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute_batch("CREATE TABLE t (a TEXT NOT NULL)")
+            .unwrap_or_else(|e| panic!("{e}"));
+        (path, conn)
+    }
+
+    #[test]
+    fn a_read_only_or_locked_database_is_unavailable_and_a_constraint_is_refused() {
+        let (path, conn) = file_with_a_table();
+        let read_only = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = read_only
+            .execute("INSERT INTO t VALUES ('x')", [])
+            .unwrap_err();
+        assert!(write_error(error).is_unavailable());
+
+        let locked = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = locked
+            .execute("INSERT INTO t VALUES ('x')", [])
+            .unwrap_err();
+        assert!(write_error(error).is_unavailable());
+        conn.execute_batch("ROLLBACK")
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let error = conn.execute("INSERT INTO t VALUES (NULL)", []).unwrap_err();
+        assert!(matches!(write_error(error), StoreError::Refused(_)));
+        let _ = std::fs::remove_file(&path);
     }
 }

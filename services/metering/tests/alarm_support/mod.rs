@@ -46,6 +46,8 @@ pub fn alarm(id: &str, meter: &str, resource: &str) -> Alarm {
         severity: "low".to_owned(),
         enabled: true,
         timestamp: at,
+        project_id: None,
+        user_id: None,
     }
 }
 
