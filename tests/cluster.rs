@@ -733,6 +733,50 @@ impl Drop for DeleteUser {
     }
 }
 
+/// 6. Classic queues (no `rabbit_quorum_queue`): kill -9 of the node they live on. Both
+/// transports are on the URL's first host, where the server declared its transient queues
+/// (RabbitMQ puts a classic queue on the declaring client's node). They fail over to the next
+/// host and declare the queues there. What the transient queues held is gone with the node,
+/// which is RabbitMQ's contract for them, so confirmed casts are counted, not required; none may
+/// be handled twice, and calls must be served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_fail_over_when_their_node_dies() {
+    const TOPIC: &str = "cluster-classic";
+    const VICTIM: &str = "tda";
+    let _serial = SERIAL.lock().await;
+    let (vhost, _restore) = setup("classic").await;
+    let mut table = Table::new("6. classic queues: kill -9 of the node they live on");
+    let url = cluster().url(vhost.name(), "");
+    let (server_side, client_side) = (
+        Transport::connect(&url).await.expect("the cluster answers"),
+        Transport::connect(&url).await.expect("the cluster answers"),
+    );
+    let mut load = Load::start(server_side, client_side, spec(TOPIC)).await;
+    load.at(FAULT_AT).await;
+
+    table.row("killed", VICTIM.to_owned());
+    let (from, since) = Window::open();
+    kill(VICTIM).await;
+    load.recovery_since(&format!("kill -9 {VICTIM}"), since)
+        .await;
+    tokio::time::sleep_until((since + FAULT_WINDOW).into()).await;
+    let window = Window::close(from);
+    let figures = load.finish().await;
+    let connections = window.connections().await;
+
+    table.load(&figures, 0);
+    table.row(
+        "of which lost with the node (transient queues)",
+        figures.missing.len().to_string(),
+    );
+    table.connections("after the kill", window, connections);
+    table.print();
+    figures.assert_sound(CALL_FAILURES);
+    figures.assert_no_duplicates();
+    figures.assert_recovered_within(RECOVERY_BOUND);
+    assert_no_storm("after the kill", connections);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. TLS.
 

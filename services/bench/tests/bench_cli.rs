@@ -6,13 +6,15 @@
 
 use std::process::Command;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 8] = [
     "call-1",
     "call-64",
     "cast",
     "fanout-3",
     "notify-batch",
     "ingest",
+    "meter-notify",
+    "meter-notify-grouped",
 ];
 
 #[test]
