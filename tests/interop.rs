@@ -2,7 +2,7 @@
 //! notifications, both ways.
 //!
 //! The Python peers are the scripts in `tests/interop/`, run with the interpreter named by
-//! `TIDINGS_INTEROP_PYTHON` (`.ci/run` creates `.venv/interop` and sets it), else
+//! `TIDINGS_INTEROP_PYTHON` (`scripts/test` creates `.venv/interop` and sets it), else
 //! `.venv/interop/bin/python` in the workspace. Without one that imports oslo.messaging 18.3.1
 //! every test here fails: these tests are the proof of wire compatibility and never skip.
 //!

@@ -229,12 +229,15 @@ impl BlockingPool {
         let (done, result) = oneshot::channel();
         let span = tracing::Span::current();
         let task: Job = Box::new(move || {
+            let busy = ::metrics::gauge!(BUSY_THREADS);
+            busy.increment(1.0);
             let outcome = {
                 let _entered = span.enter();
                 panic::catch_unwind(AssertUnwindSafe(job)).map_err(|payload| PoolError::Panicked {
                     detail: panic_detail(payload.as_ref()),
                 })
             };
+            busy.decrement(1.0);
             // The caller may have given up; its result is then of no use to anyone.
             let _ = done.send(outcome);
             // Released only now: the job counted against the bound until it was done.
@@ -244,6 +247,10 @@ impl BlockingPool {
         result.await.map_err(|_| PoolError::Closed)?
     }
 }
+
+/// The threads of every blocking pool of the process running a job now (a Prometheus gauge,
+/// through the `metrics` facade; see `tidings::metrics`).
+pub const BUSY_THREADS: &str = "tidings_blocking_pool_busy_threads";
 
 /// A pool thread: takes jobs until every sender is gone.
 fn work(jobs: &Mutex<mpsc::Receiver<Job>>) {

@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod context;
+pub mod metrics;
 pub mod notify;
 pub mod remote_error;
 pub mod rpc;

@@ -2,7 +2,7 @@
 //! `tdc`) on 127.0.0.1 beside the machine's own broker, joined into one cluster, each with a
 //! TLS listener on a CA the script makes.
 //!
-//! Its facts (URLs, certificates, state directory) come from the `TDC_*` variables `.ci/run`
+//! Its facts (URLs, certificates, state directory) come from the `TDC_*` variables `scripts/test`
 //! exports after starting it. Without them, the first use starts the cluster by running the
 //! script (`ensure`: a cluster already running is reused), and the script stops a cluster it
 //! started once this test process has exited. A cluster that cannot start fails the test with

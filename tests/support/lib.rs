@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod load;
+pub mod postgres;
 pub mod python;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,12 +38,12 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("rabbitmqctl {args:?} could not run (is RabbitMQ installed?): {e}")
+            panic!("rabbitmqctl {args:?} could not run: {e}; RabbitMQ is needed (`bash scripts/test --setup` installs and starts it)")
         });
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "rabbitmqctl {args:?} failed (is RabbitMQ running?): {stdout}{}",
+        "rabbitmqctl {args:?} failed: {stdout}{}; RabbitMQ is needed (`bash scripts/test --setup` installs and starts it)",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout

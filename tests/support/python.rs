@@ -1,5 +1,5 @@
 //! The Python peers of the interop suites: the scripts in `tests/interop/`, run with the
-//! interpreter named by `TIDINGS_INTEROP_PYTHON` (`.ci/run` creates `.venv/interop` and sets
+//! interpreter named by `TIDINGS_INTEROP_PYTHON` (`scripts/test` creates `.venv/interop` and sets
 //! it), else `.venv/interop/bin/python` in the workspace. Without one that imports
 //! oslo.messaging 18.3.1 every test using them fails: they are the proof of wire compatibility
 //! and never skip.
@@ -19,7 +19,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::Bus;
 
-/// The oslo.messaging release `.ci/run` installs.
+/// The oslo.messaging release `scripts/test` installs.
 pub const OSLO_MESSAGING_VERSION: &str = "18.3.1";
 
 /// How long a Python process may take to print its next line (start-up included).
@@ -36,7 +36,7 @@ pub fn python() -> &'static Path {
             .unwrap_or_else(|| workspace.join(".venv/interop/bin/python"));
         let how_to_fix = format!(
             "the interop tests need Python with oslo.messaging=={OSLO_MESSAGING_VERSION}: run \
-             .ci/run (it creates .venv/interop and sets TIDINGS_INTEROP_PYTHON), or point \
+             `bash scripts/test --setup` (it creates .venv/interop), or point \
              TIDINGS_INTEROP_PYTHON at such an interpreter (tried {})",
             python.display()
         );

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::error::RpcError;
 use super::reply::ReplyRouter;
 use crate::codec::{CallInfo, RequestParts};
+use crate::metrics;
 use crate::trace::TraceParent;
 use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
 use crate::{Context, Target, Version};
@@ -187,14 +188,28 @@ impl RpcClient {
             request_id = context.request_id(),
             global_request_id = context.global_request_id(),
         );
-        let value = self
+        let started = std::time::Instant::now();
+        let result = self
             .call_value(context, method, args, &trace)
             .instrument(span)
-            .await?;
-        serde_json::from_value(value).map_err(|error| RpcError::UnexpectedResult {
-            method: method.to_owned(),
-            detail: error.to_string(),
-        })
+            .await
+            .and_then(|value| {
+                serde_json::from_value(value).map_err(|error| RpcError::UnexpectedResult {
+                    method: method.to_owned(),
+                    detail: error.to_string(),
+                })
+            });
+        let outcome = match &result {
+            Ok(_) => metrics::outcome::OK,
+            Err(RpcError::Remote { .. }) => metrics::outcome::ERROR,
+            Err(RpcError::Timeout { .. } | RpcError::MonitorTimeout { .. }) => {
+                metrics::outcome::TIMEOUT
+            }
+            Err(RpcError::NoServer { .. }) => metrics::outcome::NO_SERVER,
+            Err(_) => metrics::outcome::FAILED,
+        };
+        metrics::record_client_call(method, outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     /// How long a call with `context` may wait: the client's timeout, cut to the context's

@@ -72,7 +72,9 @@ impl Dispatcher {
         context: Context,
         args: Map<String, Value>,
     ) -> Result<Value, RemoteError> {
-        let service = self.resolve(namespace, version, method)?;
+        let service = self.resolve(namespace, version, method).inspect_err(|_| {
+            crate::metrics::record_server_refusal(crate::metrics::outcome::UNSUPPORTED);
+        })?;
         let call = MethodCall {
             method: method.to_owned(),
             context,

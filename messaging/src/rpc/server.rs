@@ -23,6 +23,7 @@ use super::dispatcher::Dispatcher;
 use super::endpoint::{Endpoint, IntoEndpoint, MethodCall, MethodService};
 use crate::codec::limits;
 use crate::codec::{CallInfo, Codec, RpcReply, RpcRequest};
+use crate::metrics::RpcServerMetricsLayer;
 use crate::serve::{Refusal, RefusalTally, Refusals, Running, Serving, StopReport};
 use crate::trace::{TraceParent, TRACEPARENT_KEY};
 use crate::transport::{
@@ -164,6 +165,9 @@ impl RpcServerBuilder {
                 self.endpoints
                     .into_iter()
                     .map(|endpoint| self.layers.iter().fold(endpoint, |e, layer| (layer.0)(e)))
+                    // Outermost, so that the figures include the user's layers (limits,
+                    // timeouts).
+                    .map(|endpoint| endpoint.layer(RpcServerMetricsLayer))
                     .collect(),
             )),
             intake: Arc::new(Intake {
@@ -287,6 +291,7 @@ impl Intake {
     /// Counts a refused request and logs it, a few lines per window at most; the text of
     /// `why` is cut, since a peer controls it.
     fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
+        crate::metrics::record_server_refusal(crate::metrics::outcome::MALFORMED);
         if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
             tracing::warn!(target = %self.target, bytes, left_out, %reason, "refused an RPC request");
         }

@@ -196,6 +196,10 @@ impl Delivery {
         queue: String,
         acker: Box<dyn Acknowledge>,
     ) -> Self {
+        crate::metrics::count(crate::metrics::DELIVERIES);
+        if redelivered || requeues > 0 {
+            crate::metrics::count(crate::metrics::REDELIVERIES);
+        }
         Self {
             body,
             content_type,
@@ -232,7 +236,9 @@ impl Delivery {
 
     /// Moves the message to its queue's dead-letter queue.
     pub async fn dead_letter(self) -> Result<(), TransportError> {
-        self.acker.dead_letter().await
+        self.acker.dead_letter().await?;
+        crate::metrics::count(crate::metrics::DEAD_LETTERED);
+        Ok(())
     }
 
     /// Rejects the message without requeueing.
@@ -418,5 +424,11 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Counters of the driver's connections and consumers.
     fn stats(&self) -> TransportStats {
         TransportStats::default()
+    }
+
+    /// Whether the driver can carry messages now, or what it is waiting for (a connection
+    /// being re-established). Never blocks; for health checks.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
     }
 }

@@ -152,6 +152,12 @@ impl Transport {
         }
     }
 
+    /// Whether the transport can carry messages now, or what it waits for (see
+    /// [`Driver::health`]).
+    pub fn health(&self) -> Result<(), String> {
+        self.inner.driver.health()
+    }
+
     /// Counters of the transport's connections and consumers since it opened.
     pub fn stats(&self) -> TransportStats {
         self.inner.driver.stats()
@@ -196,7 +202,9 @@ impl Transport {
                 limit,
             });
         }
-        self.inner.driver.publish(destination, message).await
+        self.inner.driver.publish(destination, message).await?;
+        crate::metrics::count(crate::metrics::MESSAGES_PUBLISHED);
+        Ok(())
     }
 
     /// The driver, for the RPC and notification layers.

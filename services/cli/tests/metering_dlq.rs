@@ -117,6 +117,10 @@ fn without_nul(text: &str) -> String {
 
 #[async_trait]
 impl Store for NulReplaced {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         let fixed: Vec<Sample> = samples
             .iter()

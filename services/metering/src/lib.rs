@@ -29,6 +29,7 @@ pub mod collector;
 pub mod config;
 pub mod evaluator;
 pub mod graph;
+pub mod metrics;
 pub mod model;
 pub mod notification;
 pub mod observer;

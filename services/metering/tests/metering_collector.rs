@@ -365,6 +365,10 @@ struct Flaky {
 
 #[async_trait]
 impl Store for Flaky {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
@@ -502,6 +506,10 @@ struct Picky(Arc<dyn Store>);
 
 #[async_trait]
 impl Store for Picky {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         if samples.iter().any(|s| s.resource_id == "poison") {
             return Err(StoreError::Refused("poison is not welcome here".into()));

@@ -50,7 +50,12 @@ impl PgSchema {
 async fn pg_client() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&postgres_base(), tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", postgres_base()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is needed (`bash scripts/test --setup` starts it): {e}",
+                postgres_base()
+            )
+        });
     tokio::spawn(connection);
     client
 }

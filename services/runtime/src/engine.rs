@@ -233,6 +233,7 @@ impl Engine {
         for (name, worker) in workers {
             if let Some(manifold) = report.manifolds.get_mut(&name) {
                 manifold.report = worker.report();
+                manifold.problem = worker.health().err();
             }
         }
         report
@@ -250,6 +251,12 @@ impl Worker for Engine {
 
     fn report(&self) -> Option<Value> {
         serde_json::to_value(Engine::report(self)).ok()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        Engine::report(self)
+            .health()
+            .map_err(|unhealthy| unhealthy.join("; "))
     }
 }
 
@@ -550,6 +557,7 @@ impl State {
                     start_count: slot.start_count,
                     last_start: slot.last_start.map(rfc3339),
                     error: slot.last_error.as_ref().map(ToString::to_string),
+                    problem: None,
                     report: None,
                 };
                 (name.clone(), report)

@@ -5,7 +5,8 @@
 //!   drain up to a deadline, and end with exit code 0. A second stop signal, or the deadline,
 //!   abandons the drain (exit code 1).
 //! - SIGHUP: reload the configuration. Reloads never overlap: hang-ups that arrive while one
-//!   runs are folded into a single further reload, which reads the newest configuration. Each
+//!   runs are folded into a single further reload, which reads the newest configuration, and a
+//!   burst of hang-ups within [`RELOAD_SETTLE`] makes one reload. Each
 //!   reload publishes a new `Arc<C>`; a unit of work takes one [`ConfigHandle::snapshot`] and
 //!   keeps it, so it sees one consistent configuration from start to end.
 //!
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -47,9 +49,18 @@ pub enum Signal {
 /// Read access to the service's current configuration.
 ///
 /// Cheap to clone; give one to every manifold that needs the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConfigHandle<C> {
     current: watch::Receiver<Arc<C>>,
+}
+
+// Not derived: a handle clones whatever `C` is.
+impl<C> Clone for ConfigHandle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            current: self.current.clone(),
+        }
+    }
 }
 
 impl<C> ConfigHandle<C> {
@@ -64,6 +75,48 @@ impl<C> ConfigHandle<C> {
     /// that `Arc` throughout, so that a reload in the middle cannot mix old and new values.
     pub fn snapshot(&self) -> Arc<C> {
         self.current.borrow().clone()
+    }
+
+    /// The configuration as of now, which [`changed`](Self::changed) then counts as seen: it
+    /// waits for a reload after this one.
+    pub fn snapshot_and_mark_seen(&mut self) -> Arc<C> {
+        self.current.borrow_and_update().clone()
+    }
+
+    /// A handle on the part of the configuration that `part` picks, which changes only when
+    /// that part does: a reload that leaves it equal is not seen through the new handle. For a
+    /// worker that restarts on its own settings only (see [`Manifold::reloading`]).
+    ///
+    /// Spawns a task that follows this handle until the launcher is done or every clone of the
+    /// new handle is dropped; must be called inside a Tokio runtime.
+    ///
+    /// [`Manifold::reloading`]: crate::Manifold::reloading
+    pub fn project<D, F>(&self, part: F) -> ConfigHandle<D>
+    where
+        C: Send + Sync + 'static,
+        D: PartialEq + Send + Sync + 'static,
+        F: Fn(&C) -> D + Send + 'static,
+    {
+        let mut source = self.clone();
+        let (sender, current) = watch::channel(Arc::new(part(&source.snapshot())));
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = source.changed() => next,
+                    () = sender.closed() => return,
+                };
+                let Some(next) = next else { return };
+                let projected = part(&next);
+                sender.send_if_modified(|held| {
+                    let modified = **held != projected;
+                    if modified {
+                        *held = Arc::new(projected);
+                    }
+                    modified
+                });
+            }
+        });
+        ConfigHandle { current }
     }
 
     /// Waits for the next reload and returns the new configuration, or `None` once no reload
@@ -264,6 +317,9 @@ impl<C> fmt::Debug for Launcher<C> {
     }
 }
 
+/// How long a reload waits after a hang-up for more of them.
+pub const RELOAD_SETTLE: Duration = Duration::from_millis(200);
+
 /// Runs one reload per wake-up. `Notify` keeps at most one permit, so any number of requests
 /// made during a reload cause exactly one more, and that one reads the newest configuration.
 async fn reload_on_request<C>(
@@ -278,6 +334,15 @@ async fn reload_on_request<C>(
             () = stop.cancelled() => return,
             () = wanted.notified() => {}
         }
+        // A burst of hang-ups (an operator's `kill -HUP` loop, a config manager signalling
+        // after each file it writes) makes one reload: wait for the burst to end, then drop
+        // the requests it left.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RELOAD_SETTLE) => {}
+        }
+        let _ = wanted.notified().now_or_never();
         tokio::select! {
             biased;
             () = stop.cancelled() => return,

@@ -12,7 +12,8 @@
 //! - `engine` and `runner`: the rules, and the task that carries out one start;
 //! - `report`: what the engine tells operators ([`EngineReport`]);
 //! - `launcher`: signals, drain and reload ([`Launcher`], [`ConfigHandle`]);
-//! - `periodic`: timers ([`PeriodicTasks`], [`Schedule`]).
+//! - `periodic`: timers ([`PeriodicTasks`], [`Schedule`]);
+//! - `admin`: `/metrics` and `/health` of a process ([`admin::AdminServer`]).
 //!
 //! `docs/architecture.md` ("Service runtime") describes the engine's rules with a diagram.
 //!
@@ -22,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod backoff;
 mod config;
 mod engine;
@@ -38,7 +40,7 @@ pub use engine::{Engine, InstallError};
 pub use getter::{GetError, Getter};
 #[cfg(unix)]
 pub use launcher::os_signals;
-pub use launcher::{ConfigHandle, Launcher, LoadError, Outcome, Signal};
+pub use launcher::{ConfigHandle, Launcher, LoadError, Outcome, Signal, RELOAD_SETTLE};
 pub use manifold::{Manifold, StartContext};
 pub use periodic::{PeriodicTasks, Schedule, ScheduleError, TaskStats};
 pub use report::{EngineReport, EngineState, ManifoldReport, ManifoldState};

@@ -14,7 +14,8 @@ use futures::future::BoxFuture;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::getter::{Getter, OutputFn};
-use super::worker::{Worker, WorkerError};
+use super::launcher::ConfigHandle;
+use super::worker::{TaskWorker, Worker, WorkerError};
 
 /// A started worker as the engine keeps it: once as a worker to stop and wait for, and once as
 /// `Any` for its manifold's output to read. Both point at the same value.
@@ -140,6 +141,39 @@ impl Manifold {
         }
     }
 
+    /// A manifold whose settings are reloaded: each start builds the manifold with `build`
+    /// from the configuration as of then, and a change of `config` stops the running worker
+    /// with [`WorkerError::Bounce`], so that the engine starts it again (after its bounce
+    /// delay) with the new settings, and its dependents with it, as Juju's workers restart
+    /// on a change of the agent's configuration.
+    ///
+    /// Inputs, output and filter are those `build` gives for the configuration at the time of
+    /// this call; they must not depend on the configuration.
+    pub fn reloading<C, F>(config: ConfigHandle<C>, build: F) -> Self
+    where
+        C: Send + Sync + 'static,
+        F: Fn(&C) -> Manifold + Send + Sync + 'static,
+    {
+        let first = build(&config.snapshot());
+        let build = Arc::new(build);
+        let start: StartFn = Arc::new(move |ctx, getter| {
+            let mut changes = config.clone();
+            // Marks the snapshot the worker starts with as seen, so that only later reloads
+            // bounce it.
+            let settings = changes.snapshot_and_mark_seen();
+            let inner = (build(&settings).start)(ctx, getter);
+            Box::pin(async move {
+                let running = inner.await?;
+                let worker: Arc<dyn Worker> = Arc::new(Reloading::spawn(running.worker, changes));
+                Ok(Running {
+                    worker,
+                    any: running.any,
+                })
+            })
+        });
+        Self { start, ..first }
+    }
+
     /// Declares the names of the manifolds this one may use. Only these are visible through the
     /// getter, and a start or stop of any of them restarts this one.
     pub fn with_inputs<I, S>(mut self, inputs: I) -> Self
@@ -208,5 +242,59 @@ impl fmt::Debug for Manifold {
             .field("output", &self.output.is_some())
             .field("filter", &self.filter.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// A worker that ends with [`WorkerError::Bounce`] when its configuration changes (see
+/// [`Manifold::reloading`]): a task that watches both the worker and the configuration.
+struct Reloading {
+    inner: Arc<dyn Worker>,
+    watcher: TaskWorker,
+}
+
+impl Reloading {
+    fn spawn<C: Send + Sync + 'static>(
+        inner: Arc<dyn Worker>,
+        mut config: ConfigHandle<C>,
+    ) -> Self {
+        let watched = inner.clone();
+        let watcher = TaskWorker::spawn(|stop| async move {
+            tokio::select! {
+                ended = watched.wait() => ended,
+                changed = config.changed() => match changed {
+                    // Reloaded: stop the worker and start again with the new settings.
+                    Some(_) => {
+                        tracing::info!("configuration changed: restarting with the new settings");
+                        watched.kill();
+                        watched.wait().await.and(Err(WorkerError::Bounce))
+                    }
+                    // No reload can come any more: run as long as the worker does.
+                    None => watched.wait().await,
+                },
+                () = stop.cancelled() => {
+                    watched.kill();
+                    watched.wait().await
+                }
+            }
+        });
+        Self { inner, watcher }
+    }
+}
+
+impl Worker for Reloading {
+    fn kill(&self) {
+        self.watcher.kill();
+    }
+
+    fn wait(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        self.watcher.wait()
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        self.inner.report()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.inner.health()
     }
 }

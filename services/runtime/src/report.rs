@@ -78,9 +78,66 @@ pub struct ManifoldReport {
     /// starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What keeps the running worker from its job, by its own account (see
+    /// [`Worker::health`](super::Worker::health)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// The running worker's own report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<Value>,
+}
+
+impl ManifoldReport {
+    /// Whether the manifold does its job: its worker is running and reports no problem.
+    pub fn is_healthy(&self) -> bool {
+        self.state == ManifoldState::Started && self.problem.is_none()
+    }
+
+    /// Why the manifold is not healthy, in a few words, or `None` when it is.
+    pub fn unhealthy_because(&self) -> Option<String> {
+        if let Some(problem) = &self.problem {
+            return Some(problem.clone());
+        }
+        if self.state == ManifoldState::Started {
+            return None;
+        }
+        let state = match self.state {
+            ManifoldState::Starting => "starting",
+            ManifoldState::Stopping => "stopping",
+            _ => "not running",
+        };
+        Some(match &self.error {
+            Some(error) => format!("{state}: {error}"),
+            None => state.to_owned(),
+        })
+    }
+}
+
+impl EngineReport {
+    /// `Ok` when the engine runs and every manifold is healthy; otherwise each unhealthy
+    /// manifold as `"name: why"`.
+    pub fn health(&self) -> Result<(), Vec<String>> {
+        let mut unhealthy: Vec<String> = self
+            .manifolds
+            .iter()
+            .filter_map(|(name, manifold)| {
+                manifold
+                    .unhealthy_because()
+                    .map(|why| format!("{name}: {why}"))
+            })
+            .collect();
+        if self.state != EngineState::Started {
+            unhealthy.insert(
+                0,
+                format!("engine: {}", self.error.as_deref().unwrap_or("stopping")),
+            );
+        }
+        if unhealthy.is_empty() {
+            Ok(())
+        } else {
+            Err(unhealthy)
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -142,6 +199,7 @@ mod tests {
             start_count: 0,
             last_start: None,
             error: None,
+            problem: None,
             report: None,
         };
         assert_eq!(

@@ -111,9 +111,18 @@ pub trait Worker: Send + Sync + 'static {
     fn report(&self) -> Option<Value> {
         None
     }
+
+    /// What keeps the worker from doing its job while it runs, if anything: a database it
+    /// cannot reach, a connection being re-established. Shown in the engine's report and by
+    /// health checks (see `admin`); the worker keeps running and recovers by itself. Must not
+    /// block: say what was last seen.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 type ReportFn = Arc<dyn Fn() -> Value + Send + Sync>;
+type HealthFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A worker made of one spawned task.
 ///
@@ -127,6 +136,7 @@ pub struct TaskWorker<R = ()> {
     stop: CancellationToken,
     outcome: watch::Receiver<Option<Result<(), WorkerError>>>,
     reporter: Option<ReportFn>,
+    health: Option<HealthFn>,
     resource: R,
     _kill_on_drop: DropGuard,
 }
@@ -159,6 +169,7 @@ impl TaskWorker {
             stop,
             outcome,
             reporter: None,
+            health: None,
             resource: (),
         }
     }
@@ -171,6 +182,7 @@ impl<R> TaskWorker<R> {
             stop: self.stop,
             outcome: self.outcome,
             reporter: self.reporter,
+            health: self.health,
             resource,
             _kill_on_drop: self._kill_on_drop,
         }
@@ -179,6 +191,16 @@ impl<R> TaskWorker<R> {
     /// Attaches a report: `report` is called each time the engine's report is assembled.
     pub fn with_report(mut self, report: impl Fn() -> Value + Send + Sync + 'static) -> Self {
         self.reporter = Some(Arc::new(report));
+        self
+    }
+
+    /// Says what keeps the worker from its job (see [`Worker::health`]) with `health`.
+    #[must_use]
+    pub fn with_health(
+        mut self,
+        health: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.health = Some(Arc::new(health));
         self
     }
 
@@ -215,6 +237,10 @@ impl<R: Send + Sync + 'static> Worker for TaskWorker<R> {
 
     fn report(&self) -> Option<Value> {
         self.reporter.as_ref().map(|report| report())
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.health.as_ref().map_or(Ok(()), |health| health())
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tidings_runtime::{
     ConfigHandle, Engine, EngineConfig, Launcher, LoadError, Manifold, Outcome, Signal, TaskWorker,
-    WorkerError,
+    WorkerError, RELOAD_SETTLE,
 };
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::{sleep, Instant};
@@ -261,7 +261,7 @@ async fn sighup_reloads_coalesce_and_the_latest_configuration_wins() {
 
     source.store(2, Ordering::SeqCst);
     service.signals.send(Signal::Hangup).await.unwrap();
-    sleep(Duration::from_millis(100)).await;
+    sleep(RELOAD_SETTLE + Duration::from_millis(100)).await;
     // Three more hang-ups while the first reload (1 s) runs.
     for version in [3, 4, 5] {
         source.store(version, Ordering::SeqCst);
@@ -281,6 +281,28 @@ async fn sighup_reloads_coalesce_and_the_latest_configuration_wins() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_burst_of_hangups_makes_one_reload_with_the_files_as_they_end() {
+    let (source, loads) = counters();
+    let service = service(
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        source.clone(),
+        loads.clone(),
+        Duration::ZERO,
+    );
+    for version in [2, 3, 4] {
+        source.store(version, Ordering::SeqCst);
+        service.signals.send(Signal::Hangup).await.unwrap();
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one reload");
+    assert_eq!(service.config.snapshot().version, 4);
+    service.signals.send(Signal::Terminate).await.unwrap();
+    assert_eq!(service.run.await.unwrap().code(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_dispatch_sees_one_configuration_snapshot_from_start_to_end() {
     let (source, loads) = counters();
     let mut service = service(
@@ -295,7 +317,7 @@ async fn each_dispatch_sees_one_configuration_snapshot_from_start_to_end() {
     // Reload in the middle of job 1.
     source.store(2, Ordering::SeqCst);
     service.signals.send(Signal::Hangup).await.unwrap();
-    sleep(Duration::from_millis(100)).await;
+    sleep(RELOAD_SETTLE + Duration::from_millis(100)).await;
     assert_eq!(service.config.snapshot().version, 2);
     service.jobs.send(2).unwrap();
 
@@ -335,13 +357,13 @@ async fn a_failed_reload_keeps_the_current_configuration() {
     );
     source.store(0, Ordering::SeqCst); // unreadable
     service.signals.send(Signal::Hangup).await.unwrap();
-    sleep(Duration::from_millis(100)).await;
+    sleep(RELOAD_SETTLE + Duration::from_millis(100)).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert_eq!(*service.config.snapshot(), Settings::version(1));
 
     source.store(3, Ordering::SeqCst);
     service.signals.send(Signal::Hangup).await.unwrap();
-    sleep(Duration::from_millis(100)).await;
+    sleep(RELOAD_SETTLE + Duration::from_millis(100)).await;
     assert_eq!(*service.config.snapshot(), Settings::version(3));
     service.signals.send(Signal::Terminate).await.unwrap();
     assert_eq!(service.run.await.unwrap().code(), 0);
@@ -488,4 +510,54 @@ mod real_signals {
             assert_eq!(outcome.code(), 0, "{outcome:?}");
         });
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloading_manifold_restarts_only_when_its_own_part_changes() {
+    let source = Arc::new(AtomicU32::new(1));
+    let reading = source.clone();
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let launcher = Launcher::new(engine.clone(), Settings::version(1), move || {
+        let version = reading.load(Ordering::SeqCst);
+        async move { Ok::<_, LoadError>(Settings::version(version)) }
+    });
+    // The worker's part of the configuration: the version's tens.
+    let part = launcher.config().project(|settings| settings.version / 10);
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let manifold = Manifold::reloading(part, move |tens: &u32| {
+        let (started, tens) = (started.clone(), *tens);
+        Manifold::new(move |_, _| {
+            let _ = started.send(tens);
+            async {
+                Ok(TaskWorker::spawn(|stop| async move {
+                    stop.cancelled().await;
+                    Ok(())
+                }))
+            }
+        })
+    });
+    engine.install("worker", manifold).unwrap();
+    let (signals, receiver) = mpsc::channel(8);
+    let run = tokio::spawn(launcher.run(receiver));
+    assert_eq!(starts.recv().await, Some(0));
+
+    // Another part of the configuration changes: the worker goes on.
+    source.store(2, Ordering::SeqCst);
+    signals.send(Signal::Hangup).await.unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert!(
+        starts.try_recv().is_err(),
+        "restarted for a change not its own"
+    );
+
+    // Its part changes: it restarts once, with the new value.
+    source.store(15, Ordering::SeqCst);
+    signals.send(Signal::Hangup).await.unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(starts.try_recv().ok(), Some(1));
+    assert!(starts.try_recv().is_err(), "restarted more than once");
+    assert_eq!(engine.report().manifolds["worker"].start_count, 2);
+
+    signals.send(Signal::Terminate).await.unwrap();
+    assert_eq!(run.await.unwrap().code(), 0);
 }

@@ -374,7 +374,10 @@ impl Keeper {
             self.sender.send_replace(None);
             loop {
                 match self.connect_next().await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        crate::metrics::count(crate::metrics::AMQP_RECONNECTS);
+                        break;
+                    }
                     Err((host, error)) => {
                         let wait = backoff.next_wait();
                         tracing::debug!(%host, %error, ?wait, purpose = self.purpose, "reconnect failed");

@@ -381,4 +381,20 @@ impl Driver for AmqpDriver {
     fn stats(&self) -> TransportStats {
         self.counters.snapshot()
     }
+
+    fn health(&self) -> Result<(), String> {
+        let down: Vec<&str> = [(&self.send, "publishing"), (&self.listen, "consuming")]
+            .into_iter()
+            .filter(|(link, _)| link.current().is_none())
+            .map(|(_, purpose)| purpose)
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "reconnecting to the broker ({} connection down)",
+                down.join(" and ")
+            ))
+        }
+    }
 }

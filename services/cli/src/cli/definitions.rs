@@ -9,12 +9,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::exit;
 use tidings_metering::notification::check::check;
 use tidings_metering::notification::definitions::{
     DefinitionSet, MeterDefinitions, SampleOptions, Source,
 };
-
-use super::rpc::EXIT_FAILURE;
 
 /// Arguments of `tidings meter check-definitions`.
 #[derive(Debug, clap::Args)]
@@ -96,5 +95,5 @@ pub fn reload_on_hangup(definitions: &MeterDefinitions) {
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }

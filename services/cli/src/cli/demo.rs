@@ -9,6 +9,8 @@ use tidings::{Context, Target, Transport};
 use tidings_compat::BlockingPool;
 use tidings_jobs::JobRunner;
 
+use super::admin::{self, AdminArgs};
+use super::exit;
 use crate::demo;
 
 /// How long a stopping server waits for calls in flight.
@@ -21,7 +23,7 @@ const DEMO_POOL_SIZE: usize = 4;
 #[derive(Debug, clap::Args)]
 pub struct DemoServerArgs {
     /// Transport URL (rabbit://…, amqp://…, memory://NAME).
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// Topic to serve.
     #[arg(long)]
@@ -32,6 +34,8 @@ pub struct DemoServerArgs {
     /// Exchange (default: the control exchange, `openstack`).
     #[arg(long)]
     exchange: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
@@ -39,7 +43,7 @@ pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
         Ok(transport) => transport,
         Err(error) => {
             eprintln!("error: cannot open {}: {error}", redact(&args.url));
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     };
     let mut target = Target::topic(&args.topic).with_server(&args.server);
@@ -49,7 +53,7 @@ pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
         Ok(pool) => pool,
         Err(error) => {
             eprintln!("error: cannot start the blocking pool: {error}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     };
     // The same methods as jobs too (`tidings job run`), each part with its own id.
@@ -65,15 +69,25 @@ pub async fn run_demo_server(args: DemoServerArgs) -> ExitCode {
         Ok(server) => server,
         Err(error) => {
             eprintln!("error: cannot serve {target}: {error}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CANNOT_RUN);
         }
+    };
+    let _admin = match args.admin.admin_listen {
+        Some(addr) => match admin::start(addr, args.admin.admin_public, None).await {
+            Ok(server) => Some(server),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(exit::CANNOT_RUN);
+            }
+        },
+        None => None,
     };
     eprintln!("serving demo methods on {target} at {}", transport.url());
     tokio::select! {
         () = shutdown_signal() => eprintln!("stopping: finishing calls in flight"),
         () = server.stopped() => {
             eprintln!("error: the transport stopped delivering requests");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     }
     let report = server.stop(DRAIN_DEADLINE).await;
@@ -112,7 +126,7 @@ pub async fn run_demo() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("demo failed: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILED)
         }
     }
 }

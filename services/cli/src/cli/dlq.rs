@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::exit;
 use serde_json::{json, Map, Value};
 use tidings::codec::{Codec, Notification};
 use tidings::transport::{
@@ -26,8 +27,6 @@ use tidings::Transport;
 use tidings_metering::collector::dead_letter::{
     bounded_reason, dead_letter_queues, origin_of, DeadLetterNote, NOTE_KEY,
 };
-
-use super::rpc::EXIT_FAILURE;
 
 /// The most messages one run reads (the default bound of a dead-letter queue).
 pub const MAX_LIMIT: usize = 10_000;
@@ -56,7 +55,7 @@ enum DlqAction {
 #[derive(Debug, clap::Args)]
 struct DlqOptions {
     /// Transport URL (rabbit://user:pass@host:5672/vhost).
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// The collectors' listener pool: its dead-letter queue `<pool>.dlq` (default:
     /// `notifications.sample.dlq` and `metering.sample.dlq`).
@@ -103,7 +102,7 @@ impl DlqOptions {
 
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }
 
 /// Runs `tidings meter dlq …`.

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use super::exit;
 use serde_json::Value;
 use tidings::{Transport, Version};
 use tidings_jobs::{
@@ -29,13 +30,6 @@ use tidings_jobs::{
     PartSnapshot, PartStatus, Targets,
 };
 use tokio::time::Instant;
-
-use super::rpc::EXIT_FAILURE;
-
-/// Exit code of `job wait` when a part failed.
-pub const EXIT_PART_FAILED: u8 = 1;
-/// Exit code of `job wait` when the job did not finish in time.
-pub const EXIT_TIMEOUT: u8 = 2;
 
 /// Arguments of `tidings job`.
 #[derive(Debug, clap::Args)]
@@ -116,7 +110,7 @@ fn default_store() -> PathBuf {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Transport URL (rabbit://user:pass@host:5672/vhost).
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     #[command(flatten)]
     store: StoreArg,
@@ -178,7 +172,7 @@ pub struct WaitArgs {
     #[arg(long)]
     timeout: Option<f64>,
     /// Transport URL, needed only to take over a job whose follower died.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: Option<String>,
 }
 
@@ -200,7 +194,7 @@ pub struct CancelArgs {
     #[command(flatten)]
     store: StoreArg,
     /// Transport URL, to tell the servers.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
 }
 
@@ -212,7 +206,7 @@ pub struct FollowArgs {
     #[command(flatten)]
     store: StoreArg,
     /// Transport URL.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// The lease holder that created the job.
     #[arg(long)]
@@ -221,7 +215,7 @@ pub struct FollowArgs {
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
@@ -443,7 +437,7 @@ async fn results(args: IdArgs) -> ExitCode {
     for part in &job.parts {
         let line = serde_json::to_string(&part.result_line()).unwrap_or_default();
         if writeln!(out, "{line}").is_err() {
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     }
     if let Some(error) = &job.error {
@@ -503,7 +497,7 @@ pub fn finished_code(job: &JobSnapshot) -> ExitCode {
     if job.succeeded() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(EXIT_PART_FAILED)
+        ExitCode::from(exit::FAILED)
     }
 }
 
@@ -554,7 +548,7 @@ async fn wait(args: WaitArgs) -> ExitCode {
         }
         Err(JobError::WaitTimedOut { status, .. }) => {
             println!("{status}");
-            ExitCode::from(EXIT_TIMEOUT)
+            ExitCode::from(exit::TIMEOUT)
         }
         Err(error) => fail(error),
     };

@@ -26,16 +26,18 @@ use tidings_metering::alarm_notifier::Network;
 use tidings_metering::api::auth::TokenFileError;
 use tidings_metering::api::TokenTable;
 use tidings_metering::config::{AgentConfig, MeterConfig, Overrides};
-use tidings_metering::graph::{self, Agent as Graph};
+use tidings_metering::graph::{self, Agent as Graph, Loaded};
 use tidings_metering::observer::DEMO_ALARM;
 use tidings_metering::secrets::{self, Secret};
 use tidings_metering::store;
 use tidings_runtime::{Engine, EngineConfig, Launcher, LoadError};
 
+use super::admin::{self, AdminArgs};
 use super::definitions::{self, run_check_definitions, CheckDefinitionsArgs};
 use super::dlq::{run_dlq, DlqArgs};
+use super::exit;
+use super::logging;
 use super::poll_now::{run_poll_now, PollNowArgs};
-use super::rpc::EXIT_FAILURE;
 
 /// Which agent to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,11 +81,15 @@ pub struct MeterArgs {
     /// Which agent to run.
     #[arg(required = true)]
     agent: Option<Agent>,
-    /// TOML configuration file; flags override it.
+    /// TOML configuration file; everything else overrides it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Transport URL (all-in-one defaults to memory://metering).
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    /// An oslo-style INI file (ceilometer.conf, aodh.conf), repeatable, later files winning;
+    /// re-read on SIGHUP.
+    #[arg(long = "config-file", value_name = "FILE")]
+    config_file: Vec<PathBuf>,
+    /// Transport URL (all-in-one defaults to memory://metering); also --transport-url.
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: Option<String>,
     /// Store URL: sqlite://PATH or postgres://… (default: the embedded SQLite file).
     #[arg(long)]
@@ -129,6 +135,8 @@ pub struct MeterArgs {
     /// *.yaml (repeatable; default the built-in file); re-read on SIGHUP.
     #[arg(long = "meter-definitions", value_name = "PATH")]
     meter_definitions: Vec<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 /// Operators' commands beside the agents.
@@ -144,7 +152,7 @@ enum MeterCommand {
 
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {}", secrets::mask_text(&message));
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }
 
 /// Runs `tidings meter AGENT`.
@@ -158,12 +166,9 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         (None, Some(agent)) => Graph::from(agent),
         (None, None) => return fail("name an agent to run, or a command".to_owned()),
     };
-    let file = match &args.config {
-        Some(path) => match MeterConfig::load(path) {
-            Ok(file) => file,
-            Err(error) => return fail(error.to_string()),
-        },
-        None => MeterConfig::default(),
+    let files = ConfigFiles {
+        toml: args.config.clone(),
+        ini: args.config_file.clone(),
     };
     let overrides = Overrides {
         url: args.url,
@@ -179,11 +184,17 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         deny_action_networks: args.deny_action_network,
         control_exchanges: args.control_exchange,
         meter_definitions: args.meter_definitions,
+        admin_listen: args.admin.admin_listen,
+        admin_public: args.admin.admin_public,
     };
-    let config = match file.resolve(agent, &overrides) {
-        Ok(config) => config,
-        Err(error) => return fail(error.to_string()),
+    let initial = match load(agent, &files, &overrides) {
+        Ok(loaded) => loaded,
+        Err(error) => return fail(error),
     };
+    let config = initial.agent.clone();
+    if let Err(error) = logging::apply_configured_level(config.log_level.as_deref()) {
+        return fail(error);
+    }
     let engine = match Engine::new(EngineConfig::default()) {
         Ok(engine) => engine,
         Err(error) => return fail(error.to_string()),
@@ -193,12 +204,6 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         Ok(signals) => signals,
         Err(error) => return fail(format!("cannot watch signals: {error}")),
     };
-    // What SIGHUP reloads: the token file (when there is one).
-    let tokens_file = config.auth.tokens_file.clone();
-    let initial = match read_tokens(tokens_file.as_deref()) {
-        Ok(table) => table,
-        Err(error) => return fail(error.to_string()),
-    };
     // The notification agent's meter definitions: read before it starts, again on SIGHUP.
     let meter_definitions = matches!(agent, Graph::Notification | Graph::AllInOne)
         .then(|| config.notification.definitions.clone());
@@ -207,18 +212,29 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
             return fail(error);
         }
     }
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(config.clone()));
     let launcher = Launcher::new(engine.clone(), initial, move || {
-        let tokens_file = tokens_file.clone();
         if let Some(definitions) = &meter_definitions {
             definitions::reload_on_hangup(definitions);
         }
-        async move { read_tokens(tokens_file.as_deref()).map_err(LoadError::from) }
+        let reloaded = reload(agent, &files, &overrides, &applied);
+        async move { reloaded }
     })
     .with_drain_deadline(Duration::from_secs(30));
-    let tokens = config.auth.tokens_file.is_some().then(|| launcher.config());
-    if let Err(error) = graph::install(&engine, agent, &config, tokens).await {
+    let handle = launcher.config();
+    if let Err(error) = graph::install(&engine, agent, &handle).await {
         return fail(error.to_string());
     }
+    let _admin = match config.admin_listen {
+        Some(addr) => match admin::start(addr, config.admin_public, Some(engine.clone())).await {
+            Ok(server) => Some(server),
+            Err(error) => {
+                engine.kill();
+                return fail(error);
+            }
+        },
+        None => None,
+    };
     if agent == Graph::AllInOne {
         println!(
             "metering all-in-one on {} with store {}; API on http://{} ({}); demo alarm '{DEMO_ALARM}' (load.1 avg > 4 over 2×10 s)",
@@ -241,6 +257,46 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
         secrets::mask_text(&format!("{outcome:?}"))
     );
     ExitCode::from(outcome.code())
+}
+
+/// The configuration files a process reads, at start and on each reload.
+#[derive(Debug, Clone)]
+struct ConfigFiles {
+    toml: Option<PathBuf>,
+    ini: Vec<PathBuf>,
+}
+
+/// Reads the files, resolves `agent`'s settings with `overrides`, and reads the token file.
+fn load(agent: Graph, files: &ConfigFiles, overrides: &Overrides) -> Result<Loaded, String> {
+    let file = MeterConfig::load_files(files.toml.as_deref(), &files.ini)
+        .map_err(|error| error.to_string())?;
+    let agent = file
+        .resolve(agent, overrides)
+        .map_err(|error| error.to_string())?;
+    let tokens = read_tokens(agent.auth.tokens_file.as_deref()).map_err(|e| e.to_string())?;
+    Ok(Loaded { agent, tokens })
+}
+
+/// A reload: the new snapshot, with the log level applied and what needs a restart named; or
+/// why the files cannot be used, and then the running configuration stays.
+fn reload(
+    agent: Graph,
+    files: &ConfigFiles,
+    overrides: &Overrides,
+    applied: &std::sync::Mutex<AgentConfig>,
+) -> Result<Loaded, LoadError> {
+    let loaded = load(agent, files, overrides).map_err(|error| secrets::mask_text(&error))?;
+    logging::apply_configured_level(loaded.agent.log_level.as_deref())?;
+    let mut applied = applied.lock().unwrap_or_else(|e| e.into_inner());
+    let needs_restart = graph::needs_restart(&applied, &loaded.agent);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            settings = ?needs_restart,
+            "configuration reloaded, but these settings change only with a restart; still running with the old ones"
+        );
+    }
+    *applied = loaded.agent.clone();
+    Ok(loaded)
 }
 
 /// The token file's table, or an empty one without a file.

@@ -1,10 +1,14 @@
 //! Command-line interface of the `tidings` binary. Subcommand names and flags are a contract:
 //! operators' scripts use them.
 
+mod admin;
 mod definitions;
 mod demo;
 mod dlq;
+mod env;
+pub mod exit;
 mod job;
+pub mod logging;
 mod meter;
 mod notify;
 mod poll_now;
@@ -21,6 +25,10 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as text, or as one JSON object a line (with the fields of the spans they
+    /// happen in).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,7 +50,7 @@ enum Command {
     /// Run the metering service: all-in-one, or one agent (polling, notification, collector,
     /// evaluator, notifier, api); `meter dlq list|replay` for the collector's dead-lettered
     /// samples; `meter check-definitions` to try meter definitions on notifications.
-    Meter(meter::MeterArgs),
+    Meter(Box<meter::MeterArgs>),
     /// Jobs across many servers: `job run` prints a job id at once; `job status`, `results`,
     /// `wait` (exit 0 all parts succeeded, 1 some failed, 2 timeout), `list`, `cancel`.
     Job(job::JobArgs),
@@ -51,45 +59,48 @@ enum Command {
     Listen(notify::ListenArgs),
 }
 
-/// Exit code of a command line that does not parse (EX_USAGE), kept apart from the timeout
-/// code 2 that `call` promises.
-pub const EXIT_USAGE: u8 = 64;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line: time, level, target, message and fields, the current span and
+    /// the spans it is in.
+    Json,
+}
 
-/// Parses the command line; `--help` and `--version` print and exit 0, bad usage exits 64.
+/// Parses the command line, every flag also read from its `TIDINGS_*` environment variable
+/// (see [`env`]); `--help` and `--version` print and exit 0, bad usage exits 64.
 pub fn parse() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = env::with_environment_variables(Cli::command())
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    match parsed {
         Ok(cli) => Ok(cli),
         Err(error) => {
-            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let code = if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = error.print();
             Err(ExitCode::from(code))
         }
     }
 }
 
-/// Sets up log output on stderr.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    if let Ok(quiet) = tidings::transport::amqp::QUIET_LAPIN_RETURNS.parse() {
-        filter = filter.add_directive(quiet);
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(MaskedStderr)
-        .try_init();
+/// Sets up log output on stderr: the level from `-v`, else `RUST_LOG`, else `warn` until a
+/// configuration names one (see [`logging::apply_configured_level`]).
+pub fn init_tracing(verbose: u8, format: LogFormat) {
+    logging::init(verbose, format, MaskedStderr);
 }
 
 /// Log output on stderr with every credential in a URL masked, whoever logged it: our own
 /// events mask what they show already, but a dependency at debug level (a database driver
 /// printing a statement's parameters, an HTTP client printing a request) does not know what a
 /// webhook's password is.
-struct MaskedStderr;
+pub(crate) struct MaskedStderr;
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
     type Writer = MaskedEvent;
@@ -100,7 +111,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
 }
 
 /// One event's text, masked and written to stderr in one piece when the formatter is done.
-struct MaskedEvent(Vec<u8>);
+pub(crate) struct MaskedEvent(Vec<u8>);
 
 impl std::io::Write for MaskedEvent {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -132,7 +143,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Cast(args) => rpc::run_cast(args).await,
         Command::Notify(args) => notify::run_notify(args).await,
         Command::Listen(args) => notify::run_listen(args).await,
-        Command::Meter(args) => meter::run_meter(args).await,
+        Command::Meter(args) => meter::run_meter(*args).await,
         Command::Job(args) => job::run_job(args).await,
     }
 }

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admin::{self, AdminArgs};
+use super::exit;
 use serde_json::{json, Value};
 use tidings::codec::NotificationFormat;
 use tidings::notify::{
@@ -13,13 +15,11 @@ use tidings::{Context, Target, Transport};
 use tidings_metering::secrets;
 use tokio::sync::mpsc;
 
-use super::rpc::EXIT_FAILURE;
-
 /// Arguments of `tidings notify`.
 #[derive(Debug, clap::Args)]
 pub struct NotifyArgs {
     /// Transport URL.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// Exchange (default: the control exchange, `openstack`).
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct NotifyArgs {
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
     /// Transport URL.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// Exchange (default: the control exchange, `openstack`).
     #[arg(long)]
@@ -68,6 +68,8 @@ pub struct ListenArgs {
     /// (masked as "***" by default).
     #[arg(long)]
     show_secrets: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 pub async fn run_notify(args: NotifyArgs) -> ExitCode {
@@ -103,7 +105,7 @@ pub async fn run_notify(args: NotifyArgs) -> ExitCode {
 
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }
 
 /// One output line per notification; unless `show_secrets`, the values of secret context and
@@ -129,6 +131,13 @@ pub async fn run_listen(args: ListenArgs) -> ExitCode {
     let transport = match Transport::connect(&args.url).await {
         Ok(transport) => transport,
         Err(error) => return fail(format!("cannot open the transport: {error}")),
+    };
+    let _admin = match args.admin.admin_listen {
+        Some(addr) => match admin::start(addr, args.admin.admin_public, None).await {
+            Ok(server) => Some(server),
+            Err(error) => return fail(error),
+        },
+        None => None,
     };
     // Lines go through one printer task so that output stays whole and the count is exact;
     // the channel holds one, so a handler only acknowledges what the printer took.

@@ -13,14 +13,14 @@ use tidings::Transport;
 use tidings_jobs::{JobClient, JobOptions, JobSpec, JobStatus, PartStatus, Targets};
 use tidings_metering::polling::rpc::{PollReport, PollingApi, POLL_NOW, TOPIC};
 
-use super::job::{finished_code, StoreArg, EXIT_TIMEOUT};
-use super::rpc::EXIT_FAILURE;
+use super::exit;
+use super::job::{finished_code, StoreArg};
 
 /// Arguments of `tidings meter poll-now`.
 #[derive(Debug, clap::Args)]
 pub struct PollNowArgs {
     /// Transport URL of the polling agents' bus.
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     #[command(flatten)]
     store: StoreArg,
@@ -34,7 +34,7 @@ pub struct PollNowArgs {
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit::CANNOT_RUN)
 }
 
 /// Runs `tidings meter poll-now`.
@@ -118,7 +118,7 @@ async fn show(jobs: &JobClient, id: &str) -> ExitCode {
         matches!(&p.outcome, Some(Err(e)) if tidings_jobs::failure::is(e, tidings_jobs::failure::JOB_TIMEOUT))
     });
     if timed_out || job.status != JobStatus::Finished {
-        return ExitCode::from(EXIT_TIMEOUT);
+        return ExitCode::from(exit::TIMEOUT);
     }
     finished_code(job)
 }

@@ -6,22 +6,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::exit;
 use serde_json::{Map, Value};
 use tidings::rpc::{RpcClient, RpcError};
 use tidings::{Context, Target, Transport, Version};
-
-/// Exit code of a remote error.
-pub const EXIT_REMOTE_ERROR: u8 = 1;
-/// Exit code of a timeout.
-pub const EXIT_TIMEOUT: u8 = 2;
-/// Exit code of any other failure.
-pub const EXIT_FAILURE: u8 = 3;
 
 /// Where and how to send (shared by `call` and `cast`).
 #[derive(Debug, clap::Args)]
 pub struct RpcArgs {
     /// Transport URL (rabbit://user:pass@host:5672/vhost, memory://NAME).
-    #[arg(long, env = "TIDINGS_TRANSPORT_URL")]
+    #[arg(long, visible_alias = "transport-url", env = "TIDINGS_TRANSPORT_URL")]
     url: String,
     /// Topic of the servers.
     #[arg(long)]
@@ -113,7 +107,7 @@ pub async fn run_call(args: RpcArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => {
             eprintln!("error: {message}");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     };
     let outcome = request
@@ -136,7 +130,7 @@ pub async fn run_cast(args: CastArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => {
             eprintln!("error: {message}");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(exit::CANNOT_RUN);
         }
     };
     let outcome = request
@@ -157,12 +151,12 @@ fn report(error: &RpcError) -> ExitCode {
             "remote error: class={} module={} message={}",
             remote.class, remote.module, remote.message
         );
-        return ExitCode::from(EXIT_REMOTE_ERROR);
+        return ExitCode::from(exit::FAILED);
     }
     eprintln!("error: {error}");
     if error.is_timeout() {
-        ExitCode::from(EXIT_TIMEOUT)
+        ExitCode::from(exit::TIMEOUT)
     } else {
-        ExitCode::from(EXIT_FAILURE)
+        ExitCode::from(exit::CANNOT_RUN)
     }
 }

@@ -243,19 +243,23 @@ impl ActionRunner {
                 let line = log_line(update, &shown);
                 tracing::info!(alarm_id = %update.alarm_id, "{line}");
                 self.counters.run.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::action(crate::metrics::action_outcome::OK);
             }
             Ok(CheckedAction::Http(url)) => match self.post(url, update).await {
                 Ok(()) => {
                     self.counters.run.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::action(crate::metrics::action_outcome::OK);
                 }
                 Err(PostError::Refused(refusal)) if !refusal.is_transient() => {
                     tracing::warn!(alarm_id = %update.alarm_id, action = %shown, %refusal, "alarm action refused");
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::action(crate::metrics::action_outcome::REFUSED);
                 }
                 Err(error) => {
                     let error = secrets::mask_text(&error.to_string());
                     tracing::warn!(alarm_id = %update.alarm_id, action = %shown, %error, "Unable to notify alarm");
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::action(crate::metrics::action_outcome::FAILED);
                 }
             },
             Err(Refusal::Scheme(scheme)) => {
@@ -265,14 +269,17 @@ impl ActionRunner {
                     update.alarm_id
                 );
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::action(crate::metrics::action_outcome::SKIPPED);
             }
             Err(Refusal::Malformed(error)) => {
                 tracing::warn!(alarm_id = %update.alarm_id, action = %shown, %error, "alarm action is not a URL, skipped");
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::action(crate::metrics::action_outcome::SKIPPED);
             }
             Err(refusal) => {
                 tracing::warn!(alarm_id = %update.alarm_id, action = %shown, %refusal, "alarm action refused");
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::action(crate::metrics::action_outcome::REFUSED);
             }
         }
     }

@@ -30,6 +30,19 @@ pub struct ApiConfig {
     pub insecure_no_auth: bool,
     /// Which alarm actions are accepted; made strict when authentication is on.
     pub actions: ActionPolicy,
+    /// The process's `/metrics` (behind the API's authentication) and `/health` (open), served
+    /// beside the API (all-in-one does); `None`: the API's own `/health`, which only says it
+    /// answers.
+    pub admin: Option<AdminRoutes>,
+}
+
+/// The admin routes an API serves beside its own (see `tidings_runtime::admin`).
+#[derive(Clone, Debug)]
+pub struct AdminRoutes {
+    /// `/metrics`.
+    pub metrics: axum::Router,
+    /// `/health`.
+    pub health: axum::Router,
 }
 
 impl ApiConfig {
@@ -42,6 +55,7 @@ impl ApiConfig {
             auth: None,
             insecure_no_auth: false,
             actions: ActionPolicy::default(),
+            admin: None,
         }
     }
 

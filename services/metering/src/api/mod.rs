@@ -41,7 +41,7 @@ use super::store::{Store, StoreError};
 
 pub use self::auth::{Authenticator, Identity, KeystoneConfig, TokenTable};
 pub use self::body::{alarm_from_body, MAX_ACTIONS};
-pub use config::{ApiConfig, StatusFn, DEFAULT_LISTEN};
+pub use config::{AdminRoutes, ApiConfig, StatusFn, DEFAULT_LISTEN};
 pub use manifold::{manifold, ApiInputs};
 
 /// Largest request body accepted (413 beyond).
@@ -65,7 +65,7 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
         status: config.status.clone(),
         policy: Arc::new(policy),
     };
-    let authenticated = Router::new()
+    let mut authenticated = Router::new()
         .route("/v2/status", get(status_report))
         .route("/v2/alarms", get(alarms::list).post(alarms::create))
         .route(
@@ -75,10 +75,17 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
         .route("/v2/alarms/{id}/history", get(alarms::history))
         .route("/v2/meters", get(meters::list))
         .route("/v2/meters/{name}/statistics", get(meters::statistics))
-        .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
         .with_state(api);
-    Router::new()
-        .route("/health", get(health))
+    let health = match &config.admin {
+        Some(admin) => {
+            authenticated = authenticated.merge(admin.metrics.clone());
+            admin.health.clone()
+        }
+        None => Router::new().route("/health", get(health)),
+    };
+    let authenticated =
+        authenticated.route_layer(middleware::from_fn_with_state(auth, auth::authenticate));
+    health
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -238,6 +238,7 @@ impl Ingest {
         tally.stored = stored.new as u64;
         tally.duplicates =
             (checked.samples.len() - stored.refused.len()).saturating_sub(stored.new) as u64;
+        crate::metrics::record_tally(&tally);
         self.report.send_modify(|r| r.add(&tally));
         Ok(tally)
     }
@@ -307,6 +308,7 @@ impl Ingest {
         tally.duplicates =
             (checked.samples.len() - stored.refused.len()).saturating_sub(stored.new) as u64;
         let dead_lettered = stored.refused.len() as u64;
+        crate::metrics::record_tally(&tally);
         self.report.send_modify(|r| {
             r.add(&tally);
             r.dead_lettered += dead_lettered;

@@ -144,6 +144,7 @@ impl CycleRunner {
             }
         };
         self.counters.evaluated.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::alarm_evaluated();
         let Some(decision) = threshold::evaluate(alarm, &statistics) else {
             return;
         };
@@ -190,6 +191,7 @@ impl CycleRunner {
         match self.store.set_state(&change).await {
             Ok(()) => {
                 self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::alarm_transition();
                 true
             }
             Err(StoreError::NoSuchAlarm(_)) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What the polling agent needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PollingConfig {
     /// Sources: name, interval, meters.
     pub sources: Vec<Source>,

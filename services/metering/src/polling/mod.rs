@@ -15,6 +15,7 @@ pub mod config;
 mod manifold;
 pub mod pollsters;
 pub mod rpc;
+pub mod yaml;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

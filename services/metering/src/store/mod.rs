@@ -83,6 +83,10 @@ impl StoreError {
 /// What every metering store offers.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Answers once the database does (`SELECT 1`): for health checks. A database that cannot
+    /// be reached is [`StoreError::Unavailable`].
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Stores samples in one transaction; a sample whose `message_id` is already stored is
     /// skipped. Returns how many were new. A failure stores none of them, and says which
     /// kind it is: [`StoreError::Unavailable`] (try again later) or [`StoreError::Refused`]

@@ -220,6 +220,14 @@ fn body_of<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T, StoreError> {
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.reader.client().await?;
+        let answered = client.simple_query("SELECT 1").await;
+        answered
+            .map(drop)
+            .map_err(|e| StoreError::Unavailable(format!("postgres: {e}")))
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         if samples.is_empty() {
             return Ok(0);

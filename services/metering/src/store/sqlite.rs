@@ -284,6 +284,15 @@ fn insert_change(conn: &Connection, change: &AlarmChange) -> Result<(), StoreErr
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.reader
+            .run(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))
+                    .map_err(|e| StoreError::Unavailable(format!("sqlite: {e}")))
+            })
+            .await
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         if samples.is_empty() {
             return Ok(0);

@@ -19,12 +19,14 @@ pub fn manifold(config: TransportConfig) -> Manifold {
                 .await
                 .map_err(WorkerError::failed)?;
             let closing = transport.clone();
+            let watched = transport.clone();
             Ok(TaskWorker::spawn(|stop| async move {
                 stop.cancelled().await;
                 closing.close().await;
                 Ok(())
             })
             .with_report(move || json!({ "url": shown }))
+            .with_health(move || watched.health())
             .with_resource(transport))
         }
     })

@@ -109,6 +109,10 @@ impl MemStore {
 
 #[async_trait]
 impl Store for MemStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         Ok(samples.len())
     }
@@ -212,6 +216,10 @@ pub struct Recording {
 
 #[async_trait]
 impl Store for Recording {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
     async fn record(&self, samples: &[Sample]) -> Result<usize, StoreError> {
         self.inner.record(samples).await
     }

@@ -1,5 +1,5 @@
 //! The interop Python with Ceilometer, for the metering suites that check against the real
-//! thing. `TIDINGS_INTEROP_PYTHON` names it (`.ci/run` creates `.venv/interop` with
+//! thing. `TIDINGS_INTEROP_PYTHON` names it (`scripts/test` creates `.venv/interop` with
 //! `ceilometer==27.0.0` and sets it), else `.venv/interop/bin/python` in the workspace.
 //! Without it these tests fail: they are the proof of compatibility and never skip.
 #![allow(dead_code)] // each suite uses a part of it
@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// The release `.ci/run` installs.
+/// The release `scripts/test` installs.
 pub const CEILOMETER_VERSION: &str = "27.0.0";
 
 /// The interpreter, checked once: it must import Ceilometer at the pinned release.
@@ -23,8 +23,8 @@ pub fn python() -> &'static Path {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join(".venv/interop/bin/python"));
         let how_to_fix = format!(
-            "these tests need Python with ceilometer=={CEILOMETER_VERSION}: run .ci/run (it \
-             installs it in .venv/interop and sets TIDINGS_INTEROP_PYTHON), or point \
+            "these tests need Python with ceilometer=={CEILOMETER_VERSION}: run `bash \
+             scripts/test --setup` (it installs it in .venv/interop), or point \
              TIDINGS_INTEROP_PYTHON at such an interpreter (tried {})",
             python.display()
         );

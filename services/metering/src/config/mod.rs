@@ -1,6 +1,11 @@
-//! Configuration of the metering agents: one TOML file for every agent ([`MeterConfig`]),
-//! command-line overrides on top ([`Overrides`]), resolved with the defaults into what an
-//! agent's graph needs ([`AgentConfig`]).
+//! Configuration of the metering agents: one [`MeterConfig`] for every agent, read from a TOML
+//! file (`--config`) and from oslo-style INI files (`--config-file`, repeatable, later files
+//! winning: see [`oslo`]), with command-line and environment overrides on top ([`Overrides`]),
+//! resolved with the defaults into what an agent's graph needs ([`AgentConfig`]).
+//!
+//! Precedence, highest first: flags, `TIDINGS_*` environment variables, the INI files (last
+//! first), the TOML file, the defaults. [`MeterConfig::load_files`] reads the files again on
+//! each reload.
 //!
 //! ```toml
 //! url = "rabbit://guest:guest@127.0.0.1:5672/"
@@ -34,8 +39,23 @@
 //!
 //! [notification]                      # where it listens (default: Ceilometer's exchanges)
 //! notification_control_exchanges = ["nova", "cinder", "glance", "neutron", "manila"]
+//!
+//! [notifier]                          # the alarm notifier (Aodh's names)
+//! batch_size = 10
+//! batch_timeout = 0.1                 # seconds
+//! max_retries = 2                     # Aodh's rest_notifier_max_retries
+//!
+//! [oslo_messaging_rabbit]             # transport options by oslo's names (see the URL docs)
+//! rabbit_quorum_queue = "true"
+//!
+//! [admin]                             # /metrics and /health (also --admin-listen)
+//! listen = "127.0.0.1:9101"
+//! # public = false                    # true: serve them beyond loopback
 //! ```
 
+pub mod oslo;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,6 +104,40 @@ pub struct MeterConfig {
     /// Where the notification agent listens (`notification_control_exchanges`, `topics`).
     #[serde(default)]
     pub notification: NotificationSection,
+    /// The alarm notifier.
+    #[serde(default)]
+    pub notifier: NotifierSection,
+    /// Transport options by oslo's names, added to the transport URL where it does not set
+    /// them.
+    #[serde(default)]
+    pub oslo_messaging_rabbit: BTreeMap<String, String>,
+    /// The admin listener (`/metrics`, `/health`).
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Log filter (`info`, `debug`, or `tidings=debug,lapin=warn`); applied again on reload.
+    pub log_level: Option<String>,
+}
+
+/// `[notifier]`: how the alarm notifier batches and sends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSection {
+    /// Notifications handled at once (Aodh's `[notifier] batch_size`; default 10).
+    pub batch_size: Option<usize>,
+    /// Seconds a batch waits to fill (Aodh's `[notifier] batch_timeout`; default 0.1).
+    pub batch_timeout: Option<f64>,
+    /// Retries of a failed webhook (Aodh's `rest_notifier_max_retries`; default 2, at most 10).
+    pub max_retries: Option<u32>,
+}
+
+/// `[admin]`: where `/metrics` and `/health` are served.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin listener (none by default).
+    pub listen: Option<SocketAddr>,
+    /// Serve them beyond loopback (they show counters and states, never secrets).
+    pub public: Option<bool>,
 }
 
 /// `[polling]`.
@@ -93,6 +147,8 @@ pub struct PollingSection {
     /// Samples per notification.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Ceilometer's `polling.yaml`, whose sources replace `sources` (read again on reload).
+    pub cfg_file: Option<PathBuf>,
     /// Sources; default one source polling every meter every 10 s.
     #[serde(default)]
     pub sources: Vec<Source>,
@@ -102,6 +158,7 @@ impl Default for PollingSection {
     fn default() -> Self {
         Self {
             batch_size: default_batch(),
+            cfg_file: None,
             sources: Vec::new(),
         }
     }
@@ -173,6 +230,14 @@ pub enum ConfigError {
         /// What toml said (it names the line and the key).
         source: toml::de::Error,
     },
+    /// The file (an oslo-style INI file) holds a line or a value that cannot be used.
+    #[error("{path} is not a valid configuration file: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the line or the key.
+        reason: String,
+    },
 }
 
 impl MeterConfig {
@@ -187,6 +252,26 @@ impl MeterConfig {
             path: shown,
             source,
         })
+    }
+}
+
+impl MeterConfig {
+    /// The configuration of the TOML file `toml` (if any) with the INI files `ini` laid over
+    /// it in order. Keys of known sections that nothing reads are logged.
+    pub fn load_files(toml: Option<&Path>, ini: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut config = match toml {
+            Some(path) => Self::load(path)?,
+            None => Self::default(),
+        };
+        for path in ini {
+            let file = oslo::OsloFile::load(path)?;
+            let ignored = file.ignored();
+            if !ignored.is_empty() {
+                tracing::info!(file = %path.display(), ignored = ?ignored, "options not used by tidings");
+            }
+            file.apply(&mut config)?;
+        }
+        Ok(config)
     }
 }
 
@@ -219,6 +304,10 @@ pub struct Overrides {
     pub control_exchanges: Vec<String>,
     /// The notification agent's definitions (`--meter-definitions`, repeatable).
     pub meter_definitions: Vec<PathBuf>,
+    /// Address of the admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve the admin listener beyond loopback.
+    pub admin_public: bool,
 }
 
 /// How the API authenticates, resolved.
@@ -249,6 +338,19 @@ pub enum ResolveError {
     /// The transport URL does not parse.
     #[error("--url: {0}")]
     BadUrl(#[source] tidings::url::UrlError),
+    /// The polling definitions file could not be used.
+    #[error(transparent)]
+    Polling(#[from] crate::polling::yaml::PollingFileError),
+    /// A transport option from the configuration is not valid.
+    #[error("[oslo_messaging_rabbit] {key} = {value:?}: {reason}")]
+    RabbitOption {
+        /// The option.
+        key: String,
+        /// Its value.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A split agent was given a URL that cannot reach another process.
     #[error("{0} only reaches this process; the split agents need a rabbit:// URL (or run `tidings meter all-in-one`)")]
     InProcessUrl(TransportUrl),
@@ -284,6 +386,25 @@ pub struct AgentConfig {
     pub actions: ActionPolicy,
     /// The notification agent.
     pub notification: NotificationConfig,
+    /// The alarm notifier's batching and retries.
+    pub notifier: NotifierSettings,
+    /// The admin listener's address, if it has one.
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether the admin listener may serve beyond loopback.
+    pub admin_public: bool,
+    /// The log filter the configuration asks for.
+    pub log_level: Option<String>,
+}
+
+/// The alarm notifier's settings that a reload can change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotifierSettings {
+    /// Notifications handled at once.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_timeout: Duration,
+    /// Retries of a failed webhook.
+    pub max_retries: u32,
 }
 
 impl MeterConfig {
@@ -303,12 +424,27 @@ impl MeterConfig {
             None if all_in_one || agent == Agent::Api => IN_PROCESS_URL.to_owned(),
             None => return Err(ResolveError::MissingUrl),
         };
-        let url: TransportUrl = url.parse().map_err(ResolveError::BadUrl)?;
+        let mut url: TransportUrl = url.parse().map_err(ResolveError::BadUrl)?;
+        for (key, value) in &self.oslo_messaging_rabbit {
+            if !tidings::transport::amqp::KNOWN_OPTIONS.contains(&key.as_str()) {
+                return Err(ResolveError::RabbitOption {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason: "not an option of the transport".to_owned(),
+                });
+            }
+            if url.option(key).is_none() && url.scheme() != Scheme::Memory {
+                url = url.with_option(key.clone(), value.clone());
+            }
+        }
         if !all_in_one && agent != Agent::Api && url.scheme() == Scheme::Memory {
             return Err(ResolveError::InProcessUrl(url));
         }
         let default_interval = if all_in_one { 5 } else { 10 };
-        let mut sources = self.polling.sources.clone();
+        let mut sources = match &self.polling.cfg_file {
+            Some(path) => crate::polling::yaml::load_sources(path)?,
+            None => self.polling.sources.clone(),
+        };
         if sources.is_empty() {
             sources.push(Source {
                 name: "host".to_owned(),
@@ -365,6 +501,10 @@ impl MeterConfig {
                 self.telemetry_secret.clone(),
                 hostname(),
             ),
+            notifier: self.notifier_settings(),
+            admin_listen: overrides.admin_listen.or(self.admin.listen),
+            admin_public: overrides.admin_public || self.admin.public.unwrap_or(false),
+            log_level: self.log_level.clone(),
             polling: PollingConfig {
                 sources,
                 batch_size: self.polling.batch_size,
@@ -376,6 +516,24 @@ impl MeterConfig {
 }
 
 impl MeterConfig {
+    fn notifier_settings(&self) -> NotifierSettings {
+        let defaults = crate::alarm_notifier::NotifierConfig::default();
+        let section = &self.notifier;
+        NotifierSettings {
+            batch_size: section.batch_size.unwrap_or(defaults.batch_size).max(1),
+            batch_timeout: section
+                .batch_timeout
+                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+                .map_or(defaults.batch_timeout, |seconds| {
+                    Duration::from_secs_f64(seconds.min(60.0))
+                }),
+            max_retries: section
+                .max_retries
+                .unwrap_or(defaults.http.max_retries)
+                .min(crate::alarm_notifier::actions::MAX_HTTP_RETRIES),
+        }
+    }
+
     fn auth_settings(&self, overrides: &Overrides) -> Result<AuthSettings, ResolveError> {
         let keystone_url = overrides
             .keystone_url
