@@ -116,14 +116,15 @@ pub fn alarm_from_body(body: &Value, now: DateTime<Utc>) -> Result<Alarm, ApiErr
     let object = body
         .as_object()
         .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
-    unknown_field(object, ALARM_FIELDS, "")?;
-    let name = required_str(object, "name")?;
+    // The type first: another type's rule is not an unknown field but an unsupported type.
     let alarm_type = optional_str(object, "type")?.unwrap_or("threshold");
     if alarm_type != "threshold" {
         return Err(ApiError::bad_request(format!(
             "type: only \"threshold\" alarms are supported, got {alarm_type:?}"
         )));
     }
+    unknown_field(object, ALARM_FIELDS, "")?;
+    let name = required_str(object, "name")?;
     let rule = object
         .get("threshold_rule")
         .and_then(Value::as_object)
