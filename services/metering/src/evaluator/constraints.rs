@@ -83,7 +83,7 @@ impl Cron {
     }
 
     /// The latest time at or before `now` that the expression names, read in `tz`; `None`
-    /// when there is none in the last [`LOOKBACK_DAYS`] days.
+    /// when there is none in the last 368 days (a window never lasts longer).
     pub fn latest_at_or_before(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let local_now = now.with_timezone(&tz).naive_local();
         let today = local_now.date();

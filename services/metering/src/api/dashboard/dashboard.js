@@ -7,6 +7,7 @@ const REFRESH_MS = 10000;
 const MAX_METERS = 12;
 const HISTORY_SHOWN = 3;
 const TOKEN_KEY = "tidings-token";
+const OPERATORS = { lt: "<", le: "≤", eq: "=", ne: "≠", ge: "≥", gt: ">" };
 
 const $ = (id) => document.getElementById(id);
 
@@ -80,7 +81,9 @@ async function drawAlarms() {
     const name = document.createElement("div");
     name.appendChild(text(alarm.name)).className = "alarm-name";
     const rule = alarm.threshold_rule || {};
-    const what = text(rule.meter_name + " " + rule.statistic + " " + rule.comparison_operator + " " + rule.threshold);
+    const what = text(rule.statistic + "(" + rule.meter_name + ") " +
+      (OPERATORS[rule.comparison_operator] || rule.comparison_operator) + " " + rule.threshold +
+      " over " + rule.evaluation_periods + " × " + rule.period + " s");
     what.className = "muted";
     name.appendChild(document.createElement("br"));
     name.appendChild(what);
