@@ -10,7 +10,7 @@
 //! | `collector`  | transport, store, collector                                  |
 //! | `evaluator`  | transport, store, evaluator                                  |
 //! | `notifier`   | transport, notifier (and store, when one is named)           |
-//! | `api`        | store, api                                                   |
+//! | `api`        | store, api (without a bus: no alarm change notifications)    |
 //!
 //! The engine, the launcher and the process (signals, exit codes, output) are the caller's; the
 //! caller hands in the launcher's handle on the token file, so that SIGHUP reaches the API.
@@ -101,7 +101,7 @@ pub fn manifolds(
             collector_manifold(config),
             evaluator_manifold(config),
             notifier_manifold(config, true),
-            api_manifold(config, status, auth),
+            api_manifold(config, status, auth, true),
             observer_manifold(),
         ],
         Agent::Polling => vec![transport_manifold(config), polling_manifold(config)],
@@ -122,7 +122,10 @@ pub fn manifolds(
             notifier_manifold(config, true),
         ],
         Agent::Notifier => vec![transport_manifold(config), notifier_manifold(config, false)],
-        Agent::Api => vec![store_manifold(config), api_manifold(config, status, auth)],
+        Agent::Api => vec![
+            store_manifold(config),
+            api_manifold(config, status, auth, false),
+        ],
     }
 }
 
@@ -226,16 +229,23 @@ fn notifier_manifold(config: &AgentConfig, with_store: bool) -> (&'static str, M
     (NOTIFIER, alarm_notifier::manifold(inputs, settings))
 }
 
+/// The API, announcing alarm changes on the bus `with_transport` (the `api` agent alone has
+/// none).
 fn api_manifold(
     config: &AgentConfig,
     status: StatusFn,
     auth: Option<Authenticator>,
+    with_transport: bool,
 ) -> (&'static str, Manifold) {
+    let inputs = ApiInputs {
+        transport: with_transport.then(|| TRANSPORT.to_owned()),
+        ..ApiInputs::default()
+    };
     let mut settings =
         ApiConfig::new(config.listen, status).with_action_policy(config.actions.clone());
     settings.auth = auth;
     settings.insecure_no_auth = config.auth.insecure_no_auth;
-    (API, api::manifold(ApiInputs::default(), settings))
+    (API, api::manifold(inputs, settings))
 }
 
 fn observer_manifold() -> (&'static str, Manifold) {

@@ -40,7 +40,9 @@ use tidings_runtime::{TaskWorker, WorkerError};
 use tokio_util::sync::CancellationToken;
 
 use self::auth::Access;
+use super::alarm_changes::ChangeNotifier;
 use super::alarm_notifier::ActionPolicy;
+use super::model::AlarmChange;
 use super::secrets;
 use super::store::{Store, StoreError};
 
@@ -57,6 +59,16 @@ struct Api {
     store: Arc<dyn Store>,
     status: StatusFn,
     policy: Arc<ActionPolicy>,
+    changes: Option<ChangeNotifier>,
+}
+
+impl Api {
+    /// Announces a stored change, when the API has a bus.
+    fn publish(&self, change: &AlarmChange) {
+        if let Some(changes) = &self.changes {
+            changes.publish(change);
+        }
+    }
 }
 
 /// The API's routes over `store`, as `config` says (its listening address aside).
@@ -69,6 +81,7 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
         store,
         status: config.status.clone(),
         policy: Arc::new(policy),
+        changes: config.changes.clone(),
     };
     let authenticated = Router::new()
         .route("/v2/status", get(status_report))

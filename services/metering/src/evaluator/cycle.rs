@@ -15,6 +15,7 @@ use super::group::{with_membership, SharedMembership};
 use super::handoff::{AlarmUpdate, Handoff};
 use super::partition::HashRing;
 use super::threshold::{self, Decision};
+use crate::alarm_changes::ChangeNotifier;
 use crate::model::{Alarm, AlarmChange};
 use crate::store::{Store, StoreError};
 
@@ -84,6 +85,8 @@ pub(crate) struct CycleRunner {
     pub(crate) member_id: String,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) handoff: Handoff,
+    /// Announces recorded transitions (`alarm.state_transition`), as Aodh's evaluator does.
+    pub(crate) changes: ChangeNotifier,
     pub(crate) membership: SharedMembership,
     pub(crate) clock: Clock,
     pub(crate) ingestion_lag: Duration,
@@ -195,6 +198,7 @@ impl CycleRunner {
         }));
         match self.store.set_state(&change).await {
             Ok(()) => {
+                self.changes.publish(&change);
                 self.counters.transitions.fetch_add(1, Ordering::Relaxed);
                 true
             }

@@ -46,8 +46,18 @@ pub(super) async fn delete(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    guard::visible(&api, &access, &id).await?;
+    let alarm = guard::visible(&api, &access, &id).await?;
     api.store.delete_alarm(&id).await?;
+    // Aodh announces a deletion without recording it: the history goes with the alarm.
+    let mut change = made_by(
+        AlarmChange::new(&alarm, "deletion", alarm.state, "alarm deleted"),
+        &access,
+    );
+    change.detail = Some(json!({"state": alarm.state.as_str()}));
+    if let Some(identity) = access.identity() {
+        change.on_behalf_of = Some(identity.project_id.clone());
+    }
+    api.publish(&change);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -67,6 +77,10 @@ pub(super) async fn create(
     guard::scope_rule(&mut alarm, &access)?;
     guard::check_actions(&api, &alarm).await?;
     api.store.create_alarm(&alarm).await?;
+    // The creation entry as stored, so that its event id is the one history shows.
+    if let Some(created) = api.store.history(&alarm.alarm_id).await?.first() {
+        api.publish(created);
+    }
     let mut headers = HeaderMap::new();
     let location = format!(
         "/v2/alarms/{}",
@@ -127,6 +141,7 @@ pub(super) async fn update(
     change.severity = Some(alarm.severity.clone());
     change.on_behalf_of.clone_from(&alarm.project_id);
     api.store.update_alarm(&alarm, &change).await?;
+    api.publish(&change);
     Ok(Json(masked(alarm)))
 }
 
@@ -161,6 +176,7 @@ pub(super) async fn put_state(
     );
     change.detail = Some(json!({"state": state.as_str(), "state_reason": REASON_MANUAL}));
     api.store.set_state(&change).await?;
+    api.publish(&change);
     Ok(Json(state))
 }
 
