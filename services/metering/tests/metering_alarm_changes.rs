@@ -184,6 +184,5 @@ async fn the_evaluator_announces_its_transitions_as_aodh_s_evaluator() {
         .starts_with("Transition to alarm"));
     let history = store.history("a-1").await.unwrap();
     assert_eq!(history[0].event_id, payload["event_id"].as_str().unwrap());
-    evaluator.kill();
-    evaluator.wait().await.unwrap();
+    evaluator.stop().await.unwrap();
 }

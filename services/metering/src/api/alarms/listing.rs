@@ -101,10 +101,7 @@ pub(in crate::api) async fn list(
         if let Some(last) = page.last() {
             let next = format!(
                 "</v2/alarms?limit={limit}&marker={}>; rel=\"next\"",
-                percent_encoding::utf8_percent_encode(
-                    &last.alarm_id,
-                    percent_encoding::NON_ALPHANUMERIC
-                )
+                percent_encoding::utf8_percent_encode(&last.alarm_id, query::UNRESERVED)
             );
             if let Ok(value) = HeaderValue::from_str(&next) {
                 headers.insert(header::LINK, value);

@@ -84,7 +84,7 @@ pub(super) async fn create(
     let mut headers = HeaderMap::new();
     let location = format!(
         "/v2/alarms/{}",
-        percent_encoding::utf8_percent_encode(&alarm.alarm_id, percent_encoding::NON_ALPHANUMERIC)
+        percent_encoding::utf8_percent_encode(&alarm.alarm_id, super::query::UNRESERVED)
     );
     if let Ok(value) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, value);
