@@ -18,6 +18,7 @@ use super::super::{query, Api, ApiError};
 use super::guard;
 use crate::model::AlarmChange;
 use crate::secrets;
+use crate::store::StoreError;
 
 /// The fields a history entry can be queried and sorted by.
 const HISTORY_FIELDS: &[&str] = &[
@@ -123,7 +124,13 @@ pub(in crate::api) async fn search(
         .filter(|a| access.may_see(a))
         .take(MAX_SEARCHED_ALARMS)
     {
-        for change in api.store.history(&alarm.alarm_id).await.unwrap_or_default() {
+        let changes = match api.store.history(&alarm.alarm_id).await {
+            Ok(changes) => changes,
+            // Deleted since the listing: nothing to show.
+            Err(StoreError::NoSuchAlarm(_)) => continue,
+            Err(other) => return Err(other.into()),
+        };
+        for change in changes {
             let visible = access
                 .project_scope()
                 .is_none_or(|project| change.on_behalf_of.as_deref() == Some(project));

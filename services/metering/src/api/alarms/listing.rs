@@ -117,7 +117,7 @@ pub(in crate::api) async fn query(
     Extension(access): Extension<Access>,
     body: axum::body::Bytes,
 ) -> Result<Json<Vec<Alarm>>, ApiError> {
-    let query = ComplexQuery::parse(&body, &query_fields())?;
+    let query = ComplexQuery::parse(&body, ALARM_FIELDS)?;
     let matching: Vec<Alarm> = visible_alarms(&api, &access)
         .await?
         .into_iter()
@@ -127,11 +127,6 @@ pub(in crate::api) async fn query(
     let mut sorted = query.sort(matching, shown);
     sorted.truncate(query.limit.unwrap_or(query::MAX_PAGE));
     Ok(Json(sorted))
-}
-
-/// The alarm fields, and `user`/`project` for their ids.
-fn query_fields() -> Vec<&'static str> {
-    ALARM_FIELDS.to_vec()
 }
 
 fn shown(alarm: &Alarm) -> Value {

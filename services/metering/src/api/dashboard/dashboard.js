@@ -219,6 +219,7 @@ async function refresh() {
   } catch (error) {
     if (error instanceof Unauthorized) {
       $("login").hidden = false;
+      $("login-error").textContent = sessionStorage.getItem(TOKEN_KEY) ? "The API refused this token." : "";
       $("updated").textContent = "waiting for a token";
     } else {
       $("updated").textContent = "update failed: " + error.message;
