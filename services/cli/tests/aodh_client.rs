@@ -1,6 +1,7 @@
 //! The real python-aodhclient (3.12.0, from PyPI) drives a running `tidings meter all-in-one`
 //! through every `aodh alarm …` and `aodh alarm-history …` command for threshold alarms, and
-//! `aodh capabilities list`, in Aodh's no-auth mode (`--os-auth-type aodh-noauth`).
+//! `aodh capabilities list`, in Aodh's no-auth mode (`--os-auth-type aodh-noauth`). `alarm
+//! metrics` uses an API of Aodh 13 and later, outside the contract: it gets a 404 that says so.
 //!
 //! The client is run with the interpreter named by `TIDINGS_AODH_PYTHON` (`.ci/run` creates
 //! `.venv/aodh` and sets it), else `.venv/aodh/bin/python` in the workspace. Without one that
@@ -543,6 +544,12 @@ fn aodhclient_reads_capabilities_and_gets_aodh_s_refusals() {
     ]);
     assert!(
         refused.contains("type") && refused.contains("HTTP 400"),
+        "{refused}"
+    );
+    // Aodh 13's metrics API is not served, and says so.
+    let refused = aodh.fails(&["alarm", "metrics"]);
+    assert!(
+        refused.contains("Aodh 13") && refused.contains("HTTP 404"),
         "{refused}"
     );
     let missing = aodh.fails(&[

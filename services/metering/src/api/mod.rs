@@ -113,6 +113,7 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
         .route("/", get(root::index))
         .merge(dashboard::routes())
         .merge(authenticated)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -165,6 +166,20 @@ impl From<StoreError> for ApiError {
             other => Self(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }
+}
+
+/// Any other route: Aodh's 404 body; Aodh's later APIs (quotas, metrics) say they are not
+/// served rather than look like a typo.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    let message = if path.starts_with("/v2/quotas") || path.starts_with("/v2/metrics") {
+        "The resource could not be found: quotas and metrics came with Aodh 13 and later; \
+         tidings serves Aodh's threshold alarm API (10 to 12)"
+            .to_owned()
+    } else {
+        "The resource could not be found.".to_owned()
+    };
+    ApiError(StatusCode::NOT_FOUND, message)
 }
 
 async fn health() -> Json<Value> {
