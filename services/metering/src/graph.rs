@@ -10,7 +10,7 @@
 //! | `collector`  | transport, store, collector                                  |
 //! | `evaluator`  | transport, store, evaluator                                  |
 //! | `notifier`   | transport, notifier (and store, when one is named)           |
-//! | `api`        | store, api                                                   |
+//! | `api`        | store, api (without a bus: no alarm change notifications)    |
 //!
 //! The engine, the launcher and the process (signals, exit codes, output) are the caller's; the
 //! caller hands in the launcher's handle on what it reloads ([`Loaded`]). On a reload, the
@@ -157,7 +157,7 @@ pub fn manifolds(
             collector_manifold(config),
             evaluator_manifold(config),
             notifier_manifold(config, true),
-            api_manifold(settings, status, auth, admin),
+            api_manifold(settings, status, auth, admin, true),
             observer_manifold(),
         ],
         Agent::Polling => vec![transport_manifold(settings), polling_manifold(config)],
@@ -186,7 +186,7 @@ pub fn manifolds(
         ],
         Agent::Api => vec![
             store_manifold(settings),
-            api_manifold(settings, status, auth, admin),
+            api_manifold(settings, status, auth, admin, false),
         ],
     }
 }
@@ -330,18 +330,25 @@ fn notifier_manifold(config: &ConfigHandle<Loaded>, with_store: bool) -> (&'stat
     (NOTIFIER, manifold)
 }
 
+/// The API, announcing alarm changes on the bus `with_transport` (the `api` agent alone has
+/// none).
 fn api_manifold(
     config: &AgentConfig,
     status: StatusFn,
     auth: Option<Authenticator>,
     admin: Option<AdminRoutes>,
+    with_transport: bool,
 ) -> (&'static str, Manifold) {
+    let inputs = ApiInputs {
+        transport: with_transport.then(|| TRANSPORT.to_owned()),
+        ..ApiInputs::default()
+    };
     let mut settings =
         ApiConfig::new(config.listen, status).with_action_policy(config.actions.clone());
     settings.auth = auth;
     settings.insecure_no_auth = config.auth.insecure_no_auth;
     settings.admin = admin;
-    (API, api::manifold(ApiInputs::default(), settings))
+    (API, api::manifold(inputs, settings))
 }
 
 fn observer_manifold() -> (&'static str, Manifold) {

@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alarm_changes;
 pub mod alarm_notifier;
 pub mod api;
 pub mod collector;

@@ -225,6 +225,9 @@ pub struct Alarm {
     pub alarm_id: String,
     /// Name.
     pub name: String,
+    /// Free text; Aodh's default describes the rule (see `api::body`).
+    #[serde(default)]
+    pub description: String,
     /// Always `threshold` for now.
     #[serde(rename = "type")]
     pub alarm_type: String,
@@ -258,14 +261,45 @@ pub struct Alarm {
     /// The user who created it.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// When the alarm is evaluated at all: none means always, else only while one of them is
+    /// open (see `evaluator::constraints`).
+    #[serde(default)]
+    pub time_constraints: Vec<TimeConstraint>,
+    /// When its state was last decided. Evaluations that keep the state are not written back,
+    /// so this is the last transition (by the evaluator or the API), or null before the first.
+    #[serde(default)]
+    pub evaluate_timestamp: Option<DateTime<Utc>>,
 }
 
-/// One state transition in an alarm's history.
+/// Aodh's time constraint: the alarm is evaluated only in windows that open at each time the
+/// cron expression `start` names (in `timezone`, UTC when empty) and last `duration` seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeConstraint {
+    /// Its name, unique within the alarm.
+    pub name: String,
+    /// Free text; Aodh's default says when it starts and how long it lasts.
+    #[serde(default)]
+    pub description: String,
+    /// A five-field cron expression (minute hour day-of-month month day-of-week).
+    pub start: String,
+    /// How long each window lasts, in seconds.
+    pub duration: u64,
+    /// An IANA time zone name, or empty for UTC.
+    #[serde(default)]
+    pub timezone: String,
+}
+
+/// One change in an alarm's history. Aodh's fields (`event_id`, `detail`, who made it) sit
+/// beside tidings' own (`previous`, `current`, `reason`, `reason_data`); entries stored before
+/// the former existed read back with them empty.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlarmChange {
+    /// Identifies the entry (uuid).
+    #[serde(default)]
+    pub event_id: String,
     /// The alarm.
     pub alarm_id: String,
-    /// `creation` or `state transition`.
+    /// `creation`, `rule change` or `state transition`.
     #[serde(rename = "type")]
     pub change_type: String,
     /// State before.
@@ -278,4 +312,42 @@ pub struct AlarmChange {
     pub reason_data: Value,
     /// When.
     pub timestamp: DateTime<Utc>,
+    /// Aodh's `detail`: what changed (the alarm as created, the changed fields, or the new
+    /// state and why). `None` for entries stored before it existed; the API derives it then.
+    #[serde(default)]
+    pub detail: Option<Value>,
+    /// The user who made the change; `None` for the evaluator's transitions.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The project of the user who made the change.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// The project that owns the alarm: whose users may read the entry.
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    /// The alarm's severity at the time.
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+impl AlarmChange {
+    /// A new entry of `change_type` for `alarm`, moving it from its current state to `current`
+    /// for `reason`; made by the alarm's owner (callers acting for someone else say so).
+    pub fn new(alarm: &Alarm, change_type: &str, current: AlarmState, reason: &str) -> Self {
+        Self {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            alarm_id: alarm.alarm_id.clone(),
+            change_type: change_type.to_owned(),
+            previous: Some(alarm.state),
+            current,
+            reason: reason.to_owned(),
+            reason_data: Value::Null,
+            timestamp: Utc::now(),
+            detail: None,
+            user_id: alarm.user_id.clone(),
+            project_id: alarm.project_id.clone(),
+            on_behalf_of: alarm.project_id.clone(),
+            severity: Some(alarm.severity.clone()),
+        }
+    }
 }

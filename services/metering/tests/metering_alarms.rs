@@ -19,7 +19,9 @@ use tidings_metering::evaluator::threshold::{self, Decision};
 use tidings_metering::evaluator::{
     self, Clock, Evaluator, EvaluatorConfig, HashRing, GROUP_EXCHANGE, GROUP_TOPIC,
 };
-use tidings_metering::model::{AlarmState, ComparisonOperator, StatisticKind, Statistics};
+use tidings_metering::model::{
+    AlarmState, ComparisonOperator, StatisticKind, Statistics, TimeConstraint,
+};
 use tidings_metering::store::Store;
 use tidings_suites::Bus;
 use tokio::sync::mpsc;
@@ -347,6 +349,41 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<IncomingNotification>) -> Incomin
         .await
         .expect("no alarm.update within 30 s")
         .expect("listener gone")
+}
+
+#[tokio::test(start_paused = true)]
+async fn alarms_outside_all_their_time_constraints_are_not_evaluated() {
+    let bus = Bus::memory();
+    let transport = bus.transport().await;
+    let store = Arc::new(MemStore::default());
+    let window = |start: &str, duration: u64| TimeConstraint {
+        name: "w".into(),
+        description: String::new(),
+        start: start.into(),
+        duration,
+        timezone: "Asia/Tokyo".into(),
+    };
+    // Opens every minute for a minute: always open. Opens at midnight on 1 January (Tokyo)
+    // for a minute: closed but for one minute a year.
+    let mut open = alarm("open", "cpu", "r-1");
+    open.time_constraints = vec![window("* * * * *", 60)];
+    let mut closed = alarm("closed", "cpu", "r-1");
+    closed.time_constraints = vec![window("0 0 1 1 *", 60)];
+    store.create_alarm(&open).await.unwrap();
+    store.create_alarm(&closed).await.unwrap();
+    store.set_statistics("cpu", "r-1", &[80.0, 90.0, 95.0]);
+    let (_listener, mut updates) = alarm_updates(&transport).await;
+    let evaluator = evaluator::start(&transport, store.clone(), fast_config("solo"))
+        .await
+        .unwrap();
+    let update = next(&mut updates).await;
+    assert_eq!(update.payload["alarm_id"], "open");
+    // Let a few more cycles pass: the closed one never moves.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.alarm("open").await.unwrap().state, A);
+    assert_eq!(store.alarm("closed").await.unwrap().state, U);
+    assert!(store.history("closed").await.unwrap().is_empty());
+    evaluator.stop().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

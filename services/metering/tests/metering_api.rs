@@ -394,7 +394,8 @@ async fn projects_see_only_their_own(store: Arc<dyn Store>) {
         .iter()
         .map(|c| c["type"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["creation", "rule change"]);
+    // Newest first, as Aodh lists history.
+    assert_eq!(kinds, ["rule change", "creation"]);
 
     // Statistics: A reads A's samples only; B's project is 404 for A; the admin reads any.
     let (status, stats) = api.get("/v2/meters/cpu/statistics", Some(TOKEN_A)).await;
@@ -973,4 +974,104 @@ async fn an_older_postgresql_store_gains_alarm_owners_in_place() {
     old_alarms_are_kept_and_owned_by_no_project(store::open(&schema.url()).await.unwrap()).await;
     let again = store::open(&schema.url()).await.unwrap();
     assert_eq!(again.alarms().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn aodh_s_answers_creation_with_location_unknown_fields_by_name_and_state_as_a_string() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    let api = serve(store, None, ActionPolicy::default()).await;
+    let (status, headers, created) = api
+        .call(
+            Method::POST,
+            "/v2/alarms",
+            None,
+            Some(alarm_body("cpu", &["log://"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["alarm_id"].as_str().unwrap();
+    assert_eq!(headers["location"], format!("/v2/alarms/{id}").as_str());
+    assert_eq!(
+        created["description"],
+        "Alarm when cpu is gt a avg of 50.0 over 60 seconds"
+    );
+    assert_eq!(created["time_constraints"], json!([]));
+
+    // Unknown fields, at the top and in the rule, are refused by name, on PUT as on POST.
+    let mut changed = created.clone();
+    changed["colour"] = json!("red");
+    let (status, _, body) = api
+        .call(
+            Method::PUT,
+            &format!("/v2/alarms/{id}"),
+            None,
+            Some(changed),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        fault(&body).starts_with("colour: Unknown attribute"),
+        "{body}"
+    );
+    assert_eq!(body["error_message"]["faultcode"], "Client");
+    let mut changed = created.clone();
+    changed["threshold_rule"]["colour"] = json!("red");
+    let (status, _, body) = api
+        .call(
+            Method::PUT,
+            &format!("/v2/alarms/{id}"),
+            None,
+            Some(changed),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(fault(&body).starts_with("threshold_rule.colour"), "{body}");
+
+    // The state is a JSON string both ways; anything else is 400 naming the field.
+    let state = format!("/v2/alarms/{id}/state");
+    let (status, _, body) = api.call(Method::PUT, &state, None, Some(json!("ok"))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!("ok")));
+    assert_eq!(api.get(&state, None).await.1, json!("ok"));
+    let (status, _, body) = api
+        .call(Method::PUT, &state, None, Some(json!({"state": "ok"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(fault(&body).starts_with("state:"), "{body}");
+    let (status, _, _) = api
+        .call(Method::PUT, &state, None, Some(json!("on fire")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_root_is_the_version_document_for_clients_and_the_dashboard_for_browsers() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    let api = serve(store, Some(token_auth()), ActionPolicy::default()).await;
+    let (status, versions) = api.get("/", None).await;
+    assert_eq!(status, StatusCode::OK, "open without a token");
+    assert_eq!(versions["versions"]["values"][0]["id"], "v2");
+    assert_eq!(versions["versions"]["values"][0]["status"], "stable");
+    let page = api
+        .http
+        .get(format!("{}/", api.base))
+        .header("Accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<script src=\"/dashboard.js\">"), "{page}");
+    let script = api.get("/dashboard.js", None).await;
+    assert_eq!(script.0, StatusCode::OK);
+    assert!(script.1.as_str().unwrap().contains("X-Auth-Token"));
+    // The data behind it still needs a token; capabilities too.
+    assert_eq!(
+        api.get("/v2/capabilities", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, capabilities) = api.get("/v2/capabilities/", Some(TOKEN_A)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(capabilities["api"]["alarms:history:query:complex"], true);
+    api.stop().await;
 }

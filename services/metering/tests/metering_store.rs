@@ -391,6 +391,7 @@ fn alarm(id: &str, created: i64) -> Alarm {
     Alarm {
         alarm_id: id.into(),
         name: format!("alarm {id}"),
+        description: String::new(),
         alarm_type: "threshold".into(),
         threshold_rule: ThresholdRule {
             meter_name: "cpu".into(),
@@ -413,6 +414,8 @@ fn alarm(id: &str, created: i64) -> Alarm {
         timestamp: at(created),
         project_id: None,
         user_id: None,
+        time_constraints: Vec::new(),
+        evaluate_timestamp: None,
     }
 }
 
@@ -436,6 +439,7 @@ async fn alarms_are_created_changed_and_deleted_with_history(store: Arc<dyn Stor
         reason: "3 datapoints above 70".into(),
         reason_data: json!({"most_recent": 91.5}),
         timestamp: at(200),
+        ..AlarmChange::new(&a, "state transition", AlarmState::Alarm, "")
     };
     store.set_state(&change).await.unwrap();
     let now = store.alarm("a-1").await.unwrap();

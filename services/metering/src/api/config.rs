@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::auth::Authenticator;
+use crate::alarm_changes::ChangeNotifier;
 use crate::alarm_notifier::ActionPolicy;
 
 /// Produces the engine report shown at `/v2/status`.
@@ -30,6 +31,9 @@ pub struct ApiConfig {
     pub insecure_no_auth: bool,
     /// Which alarm actions are accepted; made strict when authentication is on.
     pub actions: ActionPolicy,
+    /// Where Aodh's alarm change notifications go; `None` publishes none (an API without a
+    /// bus).
+    pub changes: Option<ChangeNotifier>,
     /// The process's `/metrics` (behind the API's authentication) and `/health` (open), served
     /// beside the API (all-in-one does); `None`: the API's own `/health`, which only says it
     /// answers.
@@ -55,8 +59,16 @@ impl ApiConfig {
             auth: None,
             insecure_no_auth: false,
             actions: ActionPolicy::default(),
+            changes: None,
             admin: None,
         }
+    }
+
+    /// The same publishing alarm change notifications with `changes`.
+    #[must_use]
+    pub fn with_changes(mut self, changes: ChangeNotifier) -> Self {
+        self.changes = Some(changes);
+        self
     }
 
     /// The same with requests authenticated by `auth`.

@@ -1,5 +1,7 @@
-//! The HTTP API, Aodh v2 style: alarms (list, create, show, change, delete, history), meters
-//! and their statistics, `/health`, and the engine's report at `/v2/status`.
+//! The HTTP API, Aodh v2's for threshold alarms (list, query, create, show, change, delete,
+//! state, history and its search, capabilities, the version document), Ceilometer v2's for
+//! meters and their statistics, `/health`, the engine's report at `/v2/status`, and a dashboard
+//! for browsers at `/` ([`dashboard`]).
 //!
 //! Who may do what is `auth`'s: every route but `/health` needs a token when authentication is
 //! configured, and a user reaches only its project's alarms and statistics. Without
@@ -17,10 +19,13 @@
 mod alarms;
 pub mod auth;
 mod body;
+pub mod complex_query;
 mod config;
+pub mod dashboard;
 mod manifold;
 mod meters;
 pub mod query;
+mod root;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,14 +33,16 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Extension, Json, Router};
 use serde_json::{json, Value};
 use tidings_runtime::{TaskWorker, WorkerError};
 use tokio_util::sync::CancellationToken;
 
 use self::auth::Access;
+use super::alarm_changes::ChangeNotifier;
 use super::alarm_notifier::ActionPolicy;
+use super::model::AlarmChange;
 use super::secrets;
 use super::store::{Store, StoreError};
 
@@ -52,6 +59,16 @@ struct Api {
     store: Arc<dyn Store>,
     status: StatusFn,
     policy: Arc<ActionPolicy>,
+    changes: Option<ChangeNotifier>,
+}
+
+impl Api {
+    /// Announces a stored change, when the API has a bus.
+    fn publish(&self, change: &AlarmChange) {
+        if let Some(changes) = &self.changes {
+            changes.publish(change);
+        }
+    }
 }
 
 /// The API's routes over `store`, as `config` says (its listening address aside).
@@ -64,15 +81,27 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
         store,
         status: config.status.clone(),
         policy: Arc::new(policy),
+        changes: config.changes.clone(),
     };
     let mut authenticated = Router::new()
         .route("/v2/status", get(status_report))
-        .route("/v2/alarms", get(alarms::list).post(alarms::create))
+        .route("/v2/capabilities", get(root::capabilities))
+        .route("/v2/capabilities/", get(root::capabilities))
+        .route(
+            "/v2/alarms",
+            get(alarms::listing::list).post(alarms::create),
+        )
         .route(
             "/v2/alarms/{id}",
             get(alarms::show).put(alarms::update).delete(alarms::delete),
         )
-        .route("/v2/alarms/{id}/history", get(alarms::history))
+        .route(
+            "/v2/alarms/{id}/state",
+            get(alarms::get_state).put(alarms::put_state),
+        )
+        .route("/v2/alarms/{id}/history", get(alarms::history::history))
+        .route("/v2/query/alarms", post(alarms::listing::query))
+        .route("/v2/query/alarms/history", post(alarms::history::search))
         .route("/v2/meters", get(meters::list))
         .route("/v2/meters/{name}/statistics", get(meters::statistics))
         .with_state(api);
@@ -85,8 +114,13 @@ pub fn router(store: Arc<dyn Store>, config: &ApiConfig) -> Router {
     };
     let authenticated =
         authenticated.route_layer(middleware::from_fn_with_state(auth, auth::authenticate));
+    // The version document and the dashboard's page and assets are open: the data they show
+    // comes from the authenticated routes.
     health
+        .route("/", get(root::index))
+        .merge(dashboard::routes())
         .merge(authenticated)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -118,7 +152,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.0,
-            Json(json!({"error_message": {"faultstring": secrets::mask_text(&self.1)}})),
+            // WSME's fault body, as Aodh answers: who is at fault, and what went wrong.
+            Json(json!({"error_message": {
+                "faultcode": if self.0.is_server_error() { "Server" } else { "Client" },
+                "faultstring": secrets::mask_text(&self.1),
+                "debuginfo": null,
+            }})),
         )
             .into_response()
     }
@@ -134,6 +173,20 @@ impl From<StoreError> for ApiError {
             other => Self(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }
+}
+
+/// Any other route: Aodh's 404 body; Aodh's later APIs (quotas, metrics) say they are not
+/// served rather than look like a typo.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    let message = if path.starts_with("/v2/quotas") || path.starts_with("/v2/metrics") {
+        "The resource could not be found: quotas and metrics came with Aodh 13 and later; \
+         tidings serves Aodh's threshold alarm API (10 to 12)"
+            .to_owned()
+    } else {
+        "The resource could not be found.".to_owned()
+    };
+    ApiError(StatusCode::NOT_FOUND, message)
 }
 
 async fn health() -> Json<Value> {

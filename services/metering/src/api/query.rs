@@ -7,6 +7,13 @@ use chrono::{DateTime, Utc};
 use super::ApiError;
 use crate::model::QueryTerm;
 
+/// What a path segment or query value escapes: all but RFC 3986's unreserved characters.
+pub(super) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Items in a page when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 100;
 

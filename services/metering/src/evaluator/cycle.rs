@@ -10,10 +10,12 @@ use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
 use super::config::Clock;
+use super::constraints;
 use super::group::{with_membership, SharedMembership};
 use super::handoff::{AlarmUpdate, Handoff};
 use super::partition::HashRing;
 use super::threshold::{self, Decision};
+use crate::alarm_changes::ChangeNotifier;
 use crate::model::{Alarm, AlarmChange};
 use crate::store::{Store, StoreError};
 
@@ -83,6 +85,8 @@ pub(crate) struct CycleRunner {
     pub(crate) member_id: String,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) handoff: Handoff,
+    /// Announces recorded transitions (`alarm.state_transition`), as Aodh's evaluator does.
+    pub(crate) changes: ChangeNotifier,
     pub(crate) membership: SharedMembership,
     pub(crate) clock: Clock,
     pub(crate) ingestion_lag: Duration,
@@ -96,6 +100,7 @@ impl CycleRunner {
     /// the next cycle tries again, as Aodh's does.
     pub(crate) async fn run(&self, cycle: u64) {
         let members = with_membership(&self.membership, |m| m.members_for_cycle(cycle));
+        let now = self.clock.now();
         let ring = HashRing::new(&members);
         let alarms = match self.store.alarms().await {
             Ok(alarms) => alarms,
@@ -108,6 +113,8 @@ impl CycleRunner {
         let mine: Vec<Alarm> = alarms
             .into_iter()
             .filter(|a| a.enabled && a.alarm_type == THRESHOLD)
+            // Outside every time constraint an alarm is not evaluated at all, as in Aodh.
+            .filter(|a| constraints::is_open(&a.time_constraints, now))
             .filter(|a| ring.belongs_to(&self.member_id, &a.alarm_id))
             .collect();
         tracing::debug!(
@@ -179,17 +186,20 @@ impl CycleRunner {
             reason = %decision.reason,
             "alarm state transition"
         );
-        let change = AlarmChange {
-            alarm_id: alarm.alarm_id.clone(),
-            change_type: "state transition".to_owned(),
-            previous: Some(alarm.state),
-            current: decision.state,
-            reason: decision.reason.clone(),
-            reason_data: decision.reason_data.clone(),
-            timestamp: now,
-        };
+        // As Aodh's evaluator records it: made by no user, on behalf of the alarm's project.
+        let mut change =
+            AlarmChange::new(alarm, "state transition", decision.state, &decision.reason);
+        change.reason_data = decision.reason_data.clone();
+        change.timestamp = now;
+        change.user_id = None;
+        change.project_id = None;
+        change.detail = Some(serde_json::json!({
+            "state": decision.state.as_str(),
+            "transition_reason": decision.reason,
+        }));
         match self.store.set_state(&change).await {
             Ok(()) => {
+                self.changes.publish(&change);
                 self.counters.transitions.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::alarm_transition();
                 true

@@ -1,5 +1,6 @@
 //! The alarm evaluator, modelled on Aodh's (`aodh-evaluator`): every `evaluation_interval` it
-//! evaluates threshold alarms against the store's statistics, records each state transition in
+//! evaluates threshold alarms (those inside their time constraints, see [`constraints`]) against
+//! the store's statistics, records each state transition in
 //! the alarm's history and hands alarms whose state changed (or repeats) to the notifier as
 //! `alarm.update` notifications.
 //!
@@ -35,6 +36,7 @@
 //! `manifold` (the worker under the engine).
 
 pub mod config;
+pub mod constraints;
 pub mod cycle;
 pub mod group;
 pub mod handoff;

@@ -20,6 +20,7 @@ use super::cycle::{next_cycle, Counters, CycleRunner, CycleView};
 use super::group::{with_membership, Group, SharedMembership};
 use super::handoff::Handoff;
 use super::membership::Membership;
+use crate::alarm_changes::ChangeNotifier;
 use crate::store::Store;
 
 /// Why an evaluator did not start.
@@ -183,6 +184,7 @@ pub async fn start(
         member_id: member_id.clone(),
         store,
         handoff: Handoff::new(transport),
+        changes: ChangeNotifier::evaluator(transport),
         membership: membership.clone(),
         clock: config.clock,
         ingestion_lag: config.ingestion_lag,

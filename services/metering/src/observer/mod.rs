@@ -32,6 +32,7 @@ pub fn demo_alarm(host: &str) -> Alarm {
     Alarm {
         alarm_id: uuid::Uuid::new_v4().to_string(),
         name: DEMO_ALARM.to_owned(),
+        description: String::new(),
         alarm_type: "threshold".to_owned(),
         threshold_rule: ThresholdRule {
             meter_name: LOAD_METER.to_owned(),
@@ -58,6 +59,8 @@ pub fn demo_alarm(host: &str) -> Alarm {
         timestamp: now,
         project_id: None,
         user_id: None,
+        time_constraints: Vec::new(),
+        evaluate_timestamp: None,
     }
 }
 

@@ -137,11 +137,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             .collect())
     }
 
-    /// Replaces the definition of the stored alarm with `alarm`'s id (its rule, actions, name,
-    /// owner…; the caller keeps state and creation time as they were) and records a
-    /// `rule change` history entry. The default refuses: a store that cannot change alarms says
-    /// so rather than pretend.
-    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+    /// Replaces the stored alarm with `alarm`'s id by `alarm` (its rule, actions, name, owner,
+    /// state…: the caller decides what is kept) and records `change` (a `rule change` saying
+    /// what changed) in the same transaction. The default refuses: a store that cannot change
+    /// alarms says so rather than pretend.
+    async fn update_alarm(&self, alarm: &Alarm, change: &AlarmChange) -> Result<(), StoreError> {
+        let _ = change;
         Err(StoreError::Backend(format!(
             "this store cannot change alarm {}",
             alarm.alarm_id

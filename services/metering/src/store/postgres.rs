@@ -439,9 +439,9 @@ impl Store for PostgresStore {
         rows.iter().map(body_of).collect()
     }
 
-    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+    async fn update_alarm(&self, alarm: &Alarm, change: &AlarmChange) -> Result<(), StoreError> {
         let body = sql::to_json(alarm)?;
-        let entry = sql::to_json(&sql::rule_change(alarm))?;
+        let entry = sql::to_json(change)?;
         let mut client = self.writer.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let updated = tx

@@ -239,31 +239,14 @@ pub(super) fn meter_info(
 }
 
 /// The history entry written with a new alarm: Aodh's `creation` change, its detail (the
-/// alarm as created, credentials in its action URLs masked) under `reason_data`.
+/// alarm as created, credentials in its action URLs masked) under `reason_data` and `detail`.
 pub(super) fn creation_change(alarm: &Alarm) -> AlarmChange {
-    AlarmChange {
-        alarm_id: alarm.alarm_id.clone(),
-        change_type: "creation".to_owned(),
-        previous: None,
-        current: alarm.state,
-        reason: "alarm created".to_owned(),
-        reason_data: shown(alarm),
-        timestamp: alarm.timestamp,
-    }
-}
-
-/// The history entry written when an alarm's definition changes: Aodh's `rule change`, the
-/// alarm as it now is (credentials masked) under `reason_data`.
-pub(super) fn rule_change(alarm: &Alarm) -> AlarmChange {
-    AlarmChange {
-        alarm_id: alarm.alarm_id.clone(),
-        change_type: "rule change".to_owned(),
-        previous: Some(alarm.state),
-        current: alarm.state,
-        reason: "alarm definition changed".to_owned(),
-        reason_data: shown(alarm),
-        timestamp: Utc::now(),
-    }
+    let mut change = AlarmChange::new(alarm, "creation", alarm.state, "alarm created");
+    change.previous = None;
+    change.reason_data = shown(alarm);
+    change.detail = Some(change.reason_data.clone());
+    change.timestamp = alarm.timestamp;
+    change
 }
 
 /// The alarm as history keeps it: the store holds the real action URLs (the notifier calls
@@ -299,6 +282,7 @@ pub(super) fn apply_change(mut alarm: Alarm, change: &AlarmChange) -> Alarm {
     alarm.state = change.current;
     alarm.state_reason.clone_from(&change.reason);
     alarm.state_timestamp = change.timestamp;
+    alarm.evaluate_timestamp = Some(change.timestamp);
     alarm
 }
 

@@ -501,8 +501,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+    async fn update_alarm(&self, alarm: &Alarm, change: &AlarmChange) -> Result<(), StoreError> {
         let alarm = alarm.clone();
+        let change = change.clone();
         self.writer
             .run(move |conn| {
                 let tx = conn.transaction().map_err(backend)?;
@@ -521,7 +522,7 @@ impl Store for SqliteStore {
                 if updated == 0 {
                     return Err(StoreError::NoSuchAlarm(alarm.alarm_id));
                 }
-                insert_change(&tx, &sql::rule_change(&alarm))?;
+                insert_change(&tx, &change)?;
                 tx.commit().map_err(backend)
             })
             .await

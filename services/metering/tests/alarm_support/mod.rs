@@ -22,6 +22,7 @@ pub fn alarm(id: &str, meter: &str, resource: &str) -> Alarm {
     Alarm {
         alarm_id: id.to_owned(),
         name: format!("{id}-name"),
+        description: String::new(),
         alarm_type: "threshold".to_owned(),
         threshold_rule: ThresholdRule {
             meter_name: meter.to_owned(),
@@ -48,6 +49,8 @@ pub fn alarm(id: &str, meter: &str, resource: &str) -> Alarm {
         timestamp: at,
         project_id: None,
         user_id: None,
+        time_constraints: Vec::new(),
+        evaluate_timestamp: None,
     }
 }
 
