@@ -7,7 +7,7 @@
 //! value above it; a key given twice keeps both values (oslo's multi-valued options), and list
 //! options also split on commas.
 //!
-//! What is read, by oslo's and Ceilometer's or Aodh's names (see [`apply`]):
+//! What is read, by oslo's and Ceilometer's or Aodh's names (see [`OsloFile::apply`]):
 //!
 //! | section | keys |
 //! |---|---|
