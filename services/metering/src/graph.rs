@@ -179,7 +179,9 @@ fn transport_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
 fn store_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
     (
         STORE,
-        store::manifold(StoreConfig::new(config.store.clone())),
+        store::manifold(
+            StoreConfig::new(config.store.clone()).with_layout(config.database.clone()),
+        ),
     )
 }
 

@@ -1,5 +1,5 @@
-//! What the SQL stores share: the table layout, the statistics and meters queries (built once,
-//! with each backend's placeholder style), and the conversions between rows and the model.
+//! What the SQL stores share: the sample row, the raw statistics query (built once, with each
+//! backend's placeholder style), and the conversions between rows and the model.
 //!
 //! Times are stored as integer microseconds since the Unix epoch (`ts`), so that bucketing is
 //! plain integer arithmetic that SQLite and PostgreSQL compute alike:
@@ -193,21 +193,7 @@ pub(super) fn to_statistics(row: StatsRow, period: u64) -> Result<Statistics, St
     })
 }
 
-/// The meters query, optionally for one resource (one parameter).
-pub(super) fn meters_sql(by_resource: bool, placeholder: fn(usize) -> String) -> String {
-    let filter = if by_resource {
-        format!(" WHERE resource_id = {}", placeholder(1))
-    } else {
-        String::new()
-    };
-    format!(
-        "SELECT DISTINCT meter, counter_type, unit, resource_id, project_id, user_id, source \
-         FROM samples{filter} ORDER BY meter, resource_id, source, unit, counter_type, \
-         project_id, user_id"
-    )
-}
-
-/// One row of [`meters_sql`] as a [`MeterInfo`].
+/// A catalogue row as a [`MeterInfo`].
 pub(super) fn meter_info(
     name: String,
     counter_type: &str,
