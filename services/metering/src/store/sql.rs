@@ -120,12 +120,14 @@ pub(super) fn statistics_sql(
     if periodic {
         let origin = placeholder(filter.params.len() + 1);
         let period = placeholder(filter.params.len() + 2);
+        // The origin as a scalar subquery, computed once: joined instead, PostgreSQL may
+        // recompute it for every sample when it has no statistics yet (a new partition).
         format!(
             "WITH m AS (SELECT ts, unit, volume FROM samples WHERE {}), \
              o AS (SELECT COALESCE(CAST({origin} AS BIGINT), MIN(ts)) AS origin FROM m) \
-             SELECT (m.ts - o.origin) / CAST({period} AS BIGINT) AS bucket, m.unit, \
-             {aggregates}, o.origin FROM m CROSS JOIN o \
-             GROUP BY bucket, m.unit, o.origin ORDER BY bucket, m.unit",
+             SELECT (m.ts - (SELECT origin FROM o)) / CAST({period} AS BIGINT) AS bucket, \
+             m.unit, {aggregates}, (SELECT origin FROM o) FROM m \
+             GROUP BY bucket, m.unit ORDER BY bucket, m.unit",
             filter.sql
         )
     } else {
@@ -331,7 +333,7 @@ mod tests {
         let sql = statistics_sql(&filter, true, dollar);
         assert!(sql.contains("CAST($4 AS BIGINT)"), "{sql}");
         assert!(
-            sql.contains("(m.ts - o.origin) / CAST($5 AS BIGINT)"),
+            sql.contains("(m.ts - (SELECT origin FROM o)) / CAST($5 AS BIGINT)"),
             "{sql}"
         );
     }
