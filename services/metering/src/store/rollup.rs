@@ -300,7 +300,11 @@ fn rollup_filter(
             push("scope = ", Param::Int(SCOPE_RESOURCE), params);
             push("resource_id = ", Param::Text(resource.clone()), params);
         }
-        None => push("scope = ", Param::Int(SCOPE_METER), params),
+        None => {
+            push("scope = ", Param::Int(SCOPE_METER), params);
+            // Spelled out, so that the primary key's prefix is the obvious index to use.
+            push("resource_id = ", Param::Text(String::new()), params);
+        }
     }
     if let Some(project) = &query.project_id {
         push(
@@ -383,14 +387,17 @@ pub(super) fn segment_sql(
             let mut filter = rollup_filter(query, &mut params, placeholder);
             params.push(Param::Int(i64::try_from(period).unwrap_or(i64::MAX)));
             filter.push_str(&format!(" AND period = {}", placeholder(params.len())));
+            // `+bucket_start`: no index ranges over it, so the primary key (meter, scope,
+            // period, resource) is used, not the expiry's index (meter, bucket_start) that
+            // would read every resource's rows of the meter.
             params.push(Param::Int(from));
             filter.push_str(&format!(
-                " AND bucket_start >= {}",
+                " AND +bucket_start >= {}",
                 placeholder(params.len())
             ));
             params.push(Param::Int(until));
             filter.push_str(&format!(
-                " AND bucket_start < {}",
+                " AND +bucket_start < {}",
                 placeholder(params.len())
             ));
             (
