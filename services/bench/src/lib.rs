@@ -15,6 +15,7 @@
 mod baseline;
 mod harness;
 mod scenarios;
+pub mod store_scale;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -113,7 +114,17 @@ pub struct BenchConfig {
     pub only: Vec<String>,
     /// `tidings` or `baseline` to run one side only (for profiling); both when `None`.
     pub side: Option<String>,
+    /// Samples `store-scale` loads into each store.
+    pub samples: u64,
+    /// The PostgreSQL server `store-scale/postgres` uses (a schema of its own, dropped after).
+    pub postgres: String,
 }
+
+/// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
+pub const DEFAULT_SAMPLES: u64 = 10_000_000;
+
+/// The PostgreSQL of `store-scale/postgres` by default.
+pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// What one scenario measured.
 #[derive(Clone, Debug, Serialize)]
@@ -155,6 +166,8 @@ pub struct Report {
     pub memory: Option<MemoryReport>,
     /// 1-minute load average before and after the run.
     pub load: (Option<f64>, Option<f64>),
+    /// `store-scale/<store>`, when asked for.
+    pub store_scale: Vec<store_scale::StoreScale>,
 }
 
 impl Report {
@@ -170,22 +183,54 @@ impl Report {
             load(self.load.0),
             load(self.load.1),
         );
-        let _ = writeln!(
-            out,
-            "ratio = tidings ÷ baseline (bare lapin): lower is better for latency (µs/call), \
-             higher is better for throughput (/s)"
-        );
-        let _ = writeln!(
-            out,
-            "{:<22} {:>12} {:>12}  {:<17} {:>6}",
-            "scenario", "tidings", "baseline", "unit", "ratio"
-        );
-        for row in &self.rows {
+        if !self.rows.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<22} {:>12.1} {:>12.1}  {:<17} {:>6.2}",
-                row.scenario, row.tidings, row.baseline, row.unit, row.ratio
+                "ratio = tidings ÷ baseline (bare lapin): lower is better for latency (µs/call), \
+                 higher is better for throughput (/s)"
             );
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>12}  {:<17} {:>6}",
+                "scenario", "tidings", "baseline", "unit", "ratio"
+            );
+            for row in &self.rows {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>12.1} {:>12.1}  {:<17} {:>6.2}",
+                    row.scenario, row.tidings, row.baseline, row.unit, row.ratio
+                );
+            }
+        }
+        if !self.store_scale.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<22} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>14}",
+                "store-scale",
+                "samples",
+                "ingest/s",
+                "meters ms",
+                "full ms",
+                "res. ms",
+                "window ms",
+                "B/sample",
+                "B after expiry"
+            );
+            for s in &self.store_scale {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>10} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>14}",
+                    format!("store-scale/{}", s.store),
+                    s.samples,
+                    s.ingest_per_s,
+                    s.meters_list_ms,
+                    s.stats_full_ms,
+                    s.stats_resource_ms,
+                    s.stats_window_ms,
+                    s.bytes_per_sample,
+                    s.bytes_after_expiry
+                );
+            }
         }
         if let Some(memory) = &self.memory {
             let mib = |kib: u64| kib as f64 / 1024.0;
@@ -232,6 +277,12 @@ impl Report {
             map.insert(
                 row.scenario.clone(),
                 serde_json::to_value(row).unwrap_or_default(),
+            );
+        }
+        for scale in &self.store_scale {
+            map.insert(
+                format!("store-scale/{}", scale.store),
+                serde_json::to_value(scale).unwrap_or_default(),
             );
         }
         if let Some(memory) = &self.memory {
@@ -384,6 +435,19 @@ pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
         .collect()
 }
 
+/// The stores of `store-scale` that `only` names (`store-scale` for both,
+/// `store-scale/sqlite` for one); none unless named, since it loads millions of samples.
+pub fn selected_stores(only: &[String]) -> Vec<&'static str> {
+    store_scale::STORES
+        .into_iter()
+        .filter(|store| {
+            let name = format!("store-scale/{store}");
+            only.iter()
+                .any(|o| o.starts_with("store-scale") && name.starts_with(o.as_str()))
+        })
+        .collect()
+}
+
 /// Runs the benchmark.
 pub async fn run(config: &BenchConfig) -> Result<Report> {
     let url: TransportUrl = config.url.parse()?;
@@ -419,10 +483,14 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
 
 async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     let selected = selected(&config.only);
+    let stores = selected_stores(&config.only);
+    // A run of store-scale alone leaves out the memory section too.
+    let memory = config.inflight > 0 && (stores.is_empty() || !selected.is_empty());
     let rounds = config.rounds.max(1);
     let mut progress = Progress {
         total: selected.len() * rounds * if config.side.is_some() { 1 } else { 2 }
-            + usize::from(config.inflight > 0),
+            + usize::from(memory)
+            + stores.len(),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -430,7 +498,7 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
         load: (harness::load_average(), None),
         ..Report::default()
     };
-    if config.inflight > 0 {
+    if memory {
         progress.step(&format!("memory: {} calls in flight", config.inflight));
         report.memory = Some(scenarios::memory(env, config.inflight).await?);
     }
@@ -471,6 +539,13 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
             ratio: tidings / baseline,
             unit: scenario.unit(),
         });
+    }
+    for store in stores {
+        progress.step(&format!("store-scale/{store}: {} samples", config.samples));
+        let scale = store_scale::run(env, store, config.samples, &config.postgres)
+            .await
+            .map_err(|e| BenchError(format!("store-scale/{store}: {e}")))?;
+        report.store_scale.push(scale);
     }
     progress.finish();
     report.load.1 = harness::load_average();

@@ -35,9 +35,16 @@ struct BenchArgs {
     /// Run one side only (tidings or baseline), e.g. under a profiler; ratios need both.
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
-    /// Also write {scenario: {tidings, baseline, ratio, unit}} (and "memory") as JSON to FILE.
+    /// Also write {scenario: {tidings, baseline, ratio, unit}} (and "memory",
+    /// "store-scale/<store>") as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Samples store-scale loads into each store (run it with --only store-scale).
+    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_SAMPLES)]
+    samples: u64,
+    /// PostgreSQL server of store-scale/postgres (it makes and drops a schema of its own).
+    #[arg(long, value_name = "URL", env = "TIDINGS_BENCH_POSTGRES", default_value = bench::DEFAULT_POSTGRES)]
+    postgres: String,
 }
 
 /// Exit code of a command line that does not parse (EX_USAGE), as `tidings` uses.
@@ -74,6 +81,8 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         inflight: args.inflight,
         only: args.only,
         side: args.side,
+        samples: args.samples.max(1),
+        postgres: args.postgres,
     };
     if args.quick {
         config.duration = Duration::from_millis(200);

@@ -77,6 +77,10 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     };
     check(old.url != new.url, "transport_url");
     check(old.store != new.store, "[database] connection");
+    check(
+        old.database != new.database,
+        "[database] metering_time_to_live/rollup_periods",
+    );
     check(old.listen != new.listen, "[api] host/port");
     check(old.auth.keystone != new.auth.keystone, "[api] keystone_url");
     check(
@@ -263,7 +267,9 @@ fn transport_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
 fn store_manifold(config: &AgentConfig) -> (&'static str, Manifold) {
     (
         STORE,
-        store::manifold(StoreConfig::new(config.store.clone())),
+        store::manifold(
+            StoreConfig::new(config.store.clone()).with_layout(config.database.clone()),
+        ),
     )
 }
 

@@ -94,6 +94,10 @@ pub struct MeterArgs {
     /// Store URL: sqlite://PATH or postgres://… (default: the embedded SQLite file).
     #[arg(long)]
     store: Option<String>,
+    /// Seconds samples are kept, as Ceilometer's metering_time_to_live (-1: forever, the
+    /// default); the file's [database] table sets it per meter.
+    #[arg(long, allow_hyphen_values = true)]
+    metering_time_to_live: Option<i64>,
     /// Address of the HTTP API (default 127.0.0.1:8042).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -173,6 +177,7 @@ pub async fn run_meter(args: MeterArgs) -> ExitCode {
     let overrides = Overrides {
         url: args.url,
         store: args.store,
+        metering_time_to_live: args.metering_time_to_live,
         listen: args.listen,
         evaluation_interval: args.evaluation_interval,
         polling_interval: args.polling_interval,

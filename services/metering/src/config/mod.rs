@@ -12,6 +12,12 @@
 //! store = "sqlite:///var/lib/tidings/metering.db"
 //! telemetry_secret = "change this for valid signing"
 //!
+//! [database]
+//! metering_time_to_live = 2592000          # seconds; -1 (default) keeps samples forever
+//! rollup_periods = [3600, 86400]           # statistics periods answered from roll-ups
+//! [database.meter_time_to_live]
+//! "disk.read.bytes" = 604800               # per meter, overriding the default
+//!
 //! [polling]
 //! batch_size = 50
 //! [[polling.sources]]
@@ -86,6 +92,9 @@ pub struct MeterConfig {
     pub store: Option<String>,
     /// Ceilometer's telemetry secret: samples are signed and checked with it when set.
     pub telemetry_secret: Option<String>,
+    /// How long samples live and which roll-ups the store keeps (Ceilometer's `[database]`).
+    #[serde(default)]
+    pub database: store::StoreLayout,
     /// The polling agent.
     #[serde(default)]
     pub polling: PollingSection,
@@ -282,6 +291,8 @@ pub struct Overrides {
     pub url: Option<String>,
     /// Store URL.
     pub store: Option<String>,
+    /// Seconds samples live (Ceilometer's `metering_time_to_live`; ≤ 0 keeps them forever).
+    pub metering_time_to_live: Option<i64>,
     /// Address of the HTTP API.
     pub listen: Option<SocketAddr>,
     /// Seconds between alarm evaluations.
@@ -369,6 +380,8 @@ pub struct AgentConfig {
     pub url: TransportUrl,
     /// The store's URL (may hold a password: show it through [`store::redact`]).
     pub store: String,
+    /// How long samples live and which roll-ups the store keeps.
+    pub database: store::StoreLayout,
     /// Address of the HTTP API.
     pub listen: SocketAddr,
     /// Ceilometer's telemetry secret: samples are signed and checked with it when set.
@@ -478,8 +491,13 @@ impl MeterConfig {
             .concat(),
             strict: self.actions.deny_private.unwrap_or(auth.is_configured()),
         };
+        let mut database = self.database.clone();
+        if let Some(ttl) = overrides.metering_time_to_live {
+            database.metering_time_to_live = ttl;
+        }
         Ok(AgentConfig {
             url,
+            database,
             store_given: named_store.is_some(),
             store: named_store.unwrap_or_else(store::default_url),
             listen,

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `[DEFAULT]` | `transport_url`, `debug`, `log_level`, `evaluation_interval`, `rest_notifier_max_retries`, `sample_source` |
 //! | `[oslo_messaging_rabbit]` | the options the transport knows (`heartbeat_timeout_threshold` as `heartbeat`) |
-//! | `[database]` | `connection` (SQLAlchemy URLs: `sqlite:////abs/path`, `postgresql+psycopg2://…`) |
+//! | `[database]` | `connection` (SQLAlchemy URLs: `sqlite:////abs/path`, `postgresql+psycopg2://…`), `metering_time_to_live` (seconds) |
 //! | `[publisher]` | `telemetry_secret` |
 //! | `[api]` | `host`, `port`, `auth_tokens_file`, `keystone_url`, `insecure_no_auth` |
 //! | `[evaluator]` | `evaluation_interval` |
@@ -261,6 +261,9 @@ impl OsloFile {
                 }
             })?);
         }
+        if let Some(ttl) = self.parsed("database", "metering_time_to_live")? {
+            config.database.metering_time_to_live = ttl;
+        }
         if let Some(secret) = self.get("publisher", "telemetry_secret") {
             config.telemetry_secret = Some(secret.to_owned());
         }
@@ -378,7 +381,7 @@ fn is_known_key(section: &str, key: &str) -> bool {
         "oslo_messaging_rabbit" => {
             return tidings::transport::amqp::KNOWN_OPTIONS.contains(&rabbit_option_name(key))
         }
-        "database" => &["connection"],
+        "database" => &["connection", "metering_time_to_live"],
         "publisher" => &["telemetry_secret"],
         "api" => &[
             "host",
@@ -459,6 +462,7 @@ mod tests {
              # a comment\n\
              [database]\n\
              connection = postgresql+psycopg2://ceilometer@db/ceilometer\n\
+             metering_time_to_live = 2592000\n\
              [publisher]\n\
              telemetry_secret = \"abc\"\n\
              [polling]\n\
@@ -477,6 +481,7 @@ mod tests {
             Some("postgresql://ceilometer@db/ceilometer")
         );
         assert_eq!(config.telemetry_secret.as_deref(), Some("abc"));
+        assert_eq!(config.database.metering_time_to_live, 2_592_000);
         assert_eq!(config.log_level.as_deref(), Some("debug"));
         assert_eq!(
             config.polling.cfg_file.as_deref(),

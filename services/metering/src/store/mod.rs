@@ -19,25 +19,37 @@
 //! counted (Ceilometer's period iterator can drop it, and drops everything when the first and
 //! last sample coincide).
 //!
-//! [`manifold`] offers a store to an agent's other manifolds.
+//! Answers that must not grow with the samples kept do not read them: meters are listed from
+//! a catalogue kept as samples arrive, and statistics come from roll-ups wherever the
+//! query's period and range line up with them (raw samples otherwise, with the same result).
+//! Samples past their time to live are removed in the background by [`retention`]; the
+//! [`StoreLayout`] of a [`StoreConfig`] says how long they live and which roll-ups are kept.
 //!
-//! `list_meters` is a `DISTINCT` over the samples (indexed by resource); a deployment with
-//! very many samples would want a meters table maintained on insert.
+//! [`manifold`] offers a store to an agent's other manifolds, and runs the expiry.
 
+mod catalogue;
 mod config;
 mod manifold;
 pub mod postgres;
+mod postgres_samples;
+pub mod retention;
+mod rollup;
 mod sql;
 pub mod sqlite;
+mod sqlite_samples;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-pub use config::StoreConfig;
+pub use config::{
+    StoreConfig, StoreLayout, DEFAULT_EXPIRY_BATCH, DEFAULT_EXPIRY_INTERVAL, DEFAULT_ROLLUP_PERIODS,
+};
 pub use manifold::manifold;
 pub use postgres::PostgresStore;
+pub use retention::Expired;
 pub use sqlite::SqliteStore;
 
 use super::model::{
@@ -99,6 +111,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Meters seen, for one resource or all.
     async fn meters(&self, resource_id: Option<&str>) -> Result<Vec<MeterInfo>, StoreError>;
+
+    /// One bounded step of expiry at `now` (see [`retention`]): removes some of what is past
+    /// its time to live and says what; an empty answer means nothing is left to remove. The
+    /// default removes nothing (a store that keeps everything).
+    async fn expire_step(&self, now: DateTime<Utc>) -> Result<Expired, StoreError> {
+        let _ = now;
+        Ok(Expired::default())
+    }
+
+    /// Bytes the store's samples, roll-ups and catalogue take on disk now (the database file
+    /// with its journal; the tables with their indexes). `None` when the store cannot tell
+    /// (an in-memory database).
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Stores a new alarm and its `creation` history entry.
     async fn create_alarm(&self, alarm: &Alarm) -> Result<(), StoreError>;
@@ -166,21 +193,30 @@ pub async fn current_state(store: &dyn Store, alarm_id: &str) -> Result<AlarmSta
     Ok(store.alarm(alarm_id).await?.state)
 }
 
-/// Opens the store named by `url` (see the module docs for the forms), creating its tables if
-/// they are missing.
+/// Opens the store named by `url` (see the module docs for the forms) with the default
+/// [`StoreLayout`], creating its tables if they are missing.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let url = url.trim();
+    open_with(&StoreConfig::new(url)).await
+}
+
+/// Opens the store of `config`: its URL, with its layout (roll-up periods, times to live).
+/// Tables are created if missing, and a database made by an older version, or with other
+/// roll-up periods, is brought up to date first.
+pub async fn open_with(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let url = config.url.trim();
+    let layout = config.layout.clone();
+    layout.periods().map_err(StoreError::Backend)?;
     if url == "sqlite::memory:" || url == "sqlite://:memory:" {
-        return Ok(Arc::new(SqliteStore::open_in_memory().await?));
+        return Ok(Arc::new(SqliteStore::open_in_memory_with(layout).await?));
     }
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         }
-        return Ok(Arc::new(SqliteStore::open(path).await?));
+        return Ok(Arc::new(SqliteStore::open_with(path, layout).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::connect(url).await?));
+        return Ok(Arc::new(PostgresStore::connect_with(url, layout).await?));
     }
     Err(StoreError::UnsupportedUrl(redact(url)))
 }

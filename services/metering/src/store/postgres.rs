@@ -1,7 +1,7 @@
 //! The PostgreSQL store, for deployments that outgrow one machine: tokio-postgres, no TLS.
 //!
 //! Two connections: one for writes (transactions need one connection to themselves) and one
-//! for reads, each re-established on the next call after it breaks, so a database restart
+//! for reads (and a third for expiry, when samples expire), each re-established on the next call after it breaks, so a database restart
 //! costs the calls in flight (the collector holds those batches and retries) and nothing
 //! after. A failed write says whether the data or the database is at fault (see
 //! [`StoreError::Refused`] and [`StoreError::Unavailable`]).
@@ -9,8 +9,16 @@
 //! The URL is libpq's (`postgres://user@host:port/db?options=...`); tables go into the first
 //! schema of the connection's `search_path`, so `options=-c%20search_path%3Dmetering` keeps
 //! them in a schema of their own.
+//!
+//! Samples live in day partitions, with a catalogue and roll-ups beside them, and expire by
+//! whole partitions (module `store::postgres_samples`). Several collectors
+//! (on several machines) may write at once: each batch is one transaction, and roll-up rows
+//! are upserted in one global order, so concurrent batches wait for each other's rows rather
+//! than deadlock.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,26 +26,17 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
-use super::sql::{self, Param, SampleRow, StatsRow, SAMPLE_COLUMNS};
+use chrono::{DateTime, Utc};
+
+use super::config::StoreLayout;
+use super::postgres_samples::{self, day_of};
+use super::retention::Expired;
+use super::sql::{self, Param, SampleRow, StatsRow};
 use super::{AlarmPage, Store, StoreError};
 use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
 
+/// The alarm tables; the samples side is `postgres_samples`'s.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS samples (
-    message_id TEXT PRIMARY KEY,
-    meter TEXT NOT NULL,
-    counter_type TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    volume DOUBLE PRECISION NOT NULL,
-    source TEXT NOT NULL,
-    user_id TEXT,
-    project_id TEXT,
-    resource_id TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    resource_metadata TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts);
-CREATE INDEX IF NOT EXISTS samples_resource ON samples (resource_id);
 CREATE TABLE IF NOT EXISTS alarms (
     alarm_id TEXT PRIMARY KEY,
     created BIGINT NOT NULL,
@@ -118,6 +117,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct PostgresStore {
     writer: Link,
     reader: Link,
+    /// Expiry's own connection: dropping a partition waits for readers and writers of the
+    /// table to finish, and must not hold the writer meanwhile.
+    expirer: Link,
+    layout: Arc<StoreLayout>,
+    /// Roll-up periods (seconds, ascending), from the layout.
+    periods: Arc<[u64]>,
+    /// Days whose partition this store has seen exist (one entry a day: bounded by the
+    /// retention, or by the days the store has written).
+    partitions: std::sync::Mutex<BTreeSet<i64>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -133,8 +141,16 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` and creates the tables if they are missing.
+    /// Connects to the database at `url` with the default layout and creates the tables if
+    /// they are missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, StoreLayout::default()).await
+    }
+
+    /// Connects to the database at `url` with `layout` (see [`StoreLayout`]), creating the
+    /// tables if they are missing and upgrading those an older version made.
+    pub async fn connect_with(url: &str, layout: StoreLayout) -> Result<Self, StoreError> {
+        let periods: Arc<[u64]> = layout.periods().map_err(StoreError::Backend)?.into();
         let mut config: Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("postgres URL: {e}")))?;
@@ -143,7 +159,11 @@ impl PostgresStore {
         }
         let store = Self {
             writer: Link::new(config.clone()),
-            reader: Link::new(config),
+            reader: Link::new(config.clone()),
+            expirer: Link::new(config),
+            layout: Arc::new(layout),
+            periods,
+            partitions: std::sync::Mutex::new(BTreeSet::new()),
         };
         {
             let mut client = store.writer.client().await?;
@@ -156,11 +176,39 @@ impl PostgresStore {
             tx.batch_execute(sql::ALARM_OWNER_INDEX)
                 .await
                 .map_err(backend)?;
+            postgres_samples::upgrade(&tx, &store.periods)
+                .await
+                .map_err(backend)?;
             tx.commit().await.map_err(backend)?;
         }
         Ok(store)
     }
 }
+
+impl PostgresStore {
+    /// Notes that the partitions of `days` exist (`true`) or are gone (`false`).
+    fn learn_partitions(&self, days: impl IntoIterator<Item = i64>, exist: bool) {
+        if let Ok(mut known) = self.partitions.lock() {
+            for day in days {
+                if exist {
+                    known.insert(day);
+                } else {
+                    known.remove(&day);
+                }
+            }
+        }
+    }
+
+    /// Forgets every partition, so that the next write makes those it needs.
+    fn forget_partitions(&self) {
+        if let Ok(mut known) = self.partitions.lock() {
+            known.clear();
+        }
+    }
+}
+
+/// What PostgreSQL says when a row has no partition (one dropped by another store's expiry).
+const NO_PARTITION: &str = "no partition of relation";
 
 fn backend(error: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("postgres: {error}"))
@@ -176,7 +224,10 @@ fn write_error(error: tokio_postgres::Error) -> StoreError {
         Some(db) => {
             let code = db.code().code();
             let text = format!("postgres {code}: {}", db.message());
-            if matches!(code.get(..2), Some("22" | "23" | "54")) {
+            if db.message().contains(NO_PARTITION) {
+                // The partition went between learning it and writing: try again.
+                StoreError::Unavailable(text)
+            } else if matches!(code.get(..2), Some("22" | "23" | "54")) {
                 StoreError::Refused(text)
             } else {
                 StoreError::Unavailable(text)
@@ -233,51 +284,38 @@ impl Store for PostgresStore {
             return Ok(0);
         }
         let rows: Vec<SampleRow> = samples.iter().map(SampleRow::new).collect();
-        let column = |f: fn(&SampleRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-        let message_ids = column(|r| r.message_id.clone());
-        let meters = column(|r| r.meter.clone());
-        let types = column(|r| r.counter_type.to_owned());
-        let units = column(|r| r.unit.clone());
-        let volumes: Vec<f64> = rows.iter().map(|r| r.volume).collect();
-        let sources = column(|r| r.source.clone());
-        let users: Vec<Option<String>> = rows.iter().map(|r| r.user_id.clone()).collect();
-        let projects: Vec<Option<String>> = rows.iter().map(|r| r.project_id.clone()).collect();
-        let resources = column(|r| r.resource_id.clone());
-        let times: Vec<i64> = rows.iter().map(|r| r.ts).collect();
-        let metadata = column(|r| r.resource_metadata.clone());
-        // One statement for the whole batch: atomic, one round trip; duplicates (stored
-        // before, or twice in this batch) are skipped by the primary key.
-        let statement = format!(
-            "INSERT INTO samples ({SAMPLE_COLUMNS}) SELECT * FROM UNNEST(\
-             $1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[]) \
-             ON CONFLICT (message_id) DO NOTHING"
-        );
-        let client = self.writer.client().await?;
-        let written = tokio::time::timeout(
-            WRITE_TIMEOUT,
-            client.execute(
-                &statement,
-                &[
-                    &message_ids,
-                    &meters,
-                    &types,
-                    &units,
-                    &volumes,
-                    &sources,
-                    &users,
-                    &projects,
-                    &resources,
-                    &times,
-                    &metadata,
-                ],
-            ),
-        )
-        .await;
-        drop(client);
-        match written {
-            Ok(Ok(new)) => Ok(usize::try_from(new).unwrap_or(usize::MAX)),
-            Ok(Err(error)) => Err(write_error(error)),
+        let missing: BTreeSet<i64> = {
+            let known = self
+                .partitions
+                .lock()
+                .map_err(|_| StoreError::Backend("partition cache poisoned".into()))?;
+            rows.iter()
+                .map(|r| day_of(r.ts))
+                .filter(|day| !known.contains(day))
+                .collect()
+        };
+        let write = async {
+            let mut client = self.writer.client().await?;
+            postgres_samples::create_partitions(&mut client, &missing, SCHEMA_LOCK)
+                .await
+                .map_err(write_error)?;
+            self.learn_partitions(missing.iter().copied(), true);
+            let tx = client.transaction().await.map_err(write_error)?;
+            let new = postgres_samples::insert(&tx, &rows, &self.periods)
+                .await
+                .map_err(write_error)?;
+            tx.commit().await.map_err(write_error)?;
+            Ok::<usize, StoreError>(new)
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(new)) => Ok(new),
+            Ok(Err(error)) => {
+                if matches!(&error, StoreError::Unavailable(text) if text.contains(NO_PARTITION)) {
+                    // Another store dropped a partition this one knew: learn again.
+                    self.forget_partitions();
+                }
+                Err(error)
+            }
             Err(_) => {
                 self.writer.reset().await;
                 Err(StoreError::Unavailable(format!(
@@ -288,6 +326,13 @@ impl Store for PostgresStore {
     }
 
     async fn statistics(&self, query: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError> {
+        let client = self.reader.client().await?;
+        if let Some(rows) = postgres_samples::rollup_rows(&client, query, &self.periods).await? {
+            return rows
+                .into_iter()
+                .map(|row| sql::to_statistics(row, query.period))
+                .collect();
+        }
         let filter = sql::sample_filter(query, dollar);
         let periodic = query.period > 0;
         let text = sql::statistics_sql(&filter, periodic, dollar);
@@ -296,7 +341,6 @@ impl Store for PostgresStore {
             params.extend(sql::bucket_params(query));
         }
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(as_sql).collect();
-        let client = self.reader.client().await?;
         let rows = client.query(&text, &refs).await.map_err(backend)?;
         rows.iter()
             .map(|row| sql::to_statistics(stats_row(row).map_err(backend)?, query.period))
@@ -304,27 +348,25 @@ impl Store for PostgresStore {
     }
 
     async fn meters(&self, resource_id: Option<&str>) -> Result<Vec<MeterInfo>, StoreError> {
-        let text = sql::meters_sql(resource_id.is_some(), dollar);
         let client = self.reader.client().await?;
-        let rows = match resource_id {
-            Some(resource) => client.query(&text, &[&resource]).await,
-            None => client.query(&text, &[]).await,
+        postgres_samples::meters(&client, resource_id).await
+    }
+
+    async fn expire_step(&self, now: DateTime<Utc>) -> Result<Expired, StoreError> {
+        if !self.layout.expires() {
+            return Ok(Expired::default());
         }
-        .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get(1).map_err(backend)?;
-                sql::meter_info(
-                    row.try_get(0).map_err(backend)?,
-                    &kind,
-                    row.try_get(2).map_err(backend)?,
-                    row.try_get(3).map_err(backend)?,
-                    row.try_get(4).map_err(backend)?,
-                    row.try_get(5).map_err(backend)?,
-                    row.try_get(6).map_err(backend)?,
-                )
-            })
-            .collect()
+        let client = self.expirer.client().await?;
+        let (step, dropped) =
+            postgres_samples::expire_step(&client, &self.layout, &self.periods, now).await?;
+        drop(client);
+        self.learn_partitions(dropped, false);
+        Ok(step)
+    }
+
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        let client = self.reader.client().await?;
+        postgres_samples::disk_usage(&client).await.map(Some)
     }
 
     async fn create_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {

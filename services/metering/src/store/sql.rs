@@ -1,5 +1,5 @@
-//! What the SQL stores share: the table layout, the statistics and meters queries (built once,
-//! with each backend's placeholder style), and the conversions between rows and the model.
+//! What the SQL stores share: the sample row, the raw statistics query (built once, with each
+//! backend's placeholder style), and the conversions between rows and the model.
 //!
 //! Times are stored as integer microseconds since the Unix epoch (`ts`), so that bucketing is
 //! plain integer arithmetic that SQLite and PostgreSQL compute alike:
@@ -120,12 +120,14 @@ pub(super) fn statistics_sql(
     if periodic {
         let origin = placeholder(filter.params.len() + 1);
         let period = placeholder(filter.params.len() + 2);
+        // The origin as a scalar subquery, computed once: joined instead, PostgreSQL may
+        // recompute it for every sample when it has no statistics yet (a new partition).
         format!(
             "WITH m AS (SELECT ts, unit, volume FROM samples WHERE {}), \
              o AS (SELECT COALESCE(CAST({origin} AS BIGINT), MIN(ts)) AS origin FROM m) \
-             SELECT (m.ts - o.origin) / CAST({period} AS BIGINT) AS bucket, m.unit, \
-             {aggregates}, o.origin FROM m CROSS JOIN o \
-             GROUP BY bucket, m.unit, o.origin ORDER BY bucket, m.unit",
+             SELECT (m.ts - (SELECT origin FROM o)) / CAST({period} AS BIGINT) AS bucket, \
+             m.unit, {aggregates}, (SELECT origin FROM o) FROM m \
+             GROUP BY bucket, m.unit ORDER BY bucket, m.unit",
             filter.sql
         )
     } else {
@@ -193,21 +195,7 @@ pub(super) fn to_statistics(row: StatsRow, period: u64) -> Result<Statistics, St
     })
 }
 
-/// The meters query, optionally for one resource (one parameter).
-pub(super) fn meters_sql(by_resource: bool, placeholder: fn(usize) -> String) -> String {
-    let filter = if by_resource {
-        format!(" WHERE resource_id = {}", placeholder(1))
-    } else {
-        String::new()
-    };
-    format!(
-        "SELECT DISTINCT meter, counter_type, unit, resource_id, project_id, user_id, source \
-         FROM samples{filter} ORDER BY meter, resource_id, source, unit, counter_type, \
-         project_id, user_id"
-    )
-}
-
-/// One row of [`meters_sql`] as a [`MeterInfo`].
+/// A catalogue row as a [`MeterInfo`].
 pub(super) fn meter_info(
     name: String,
     counter_type: &str,
@@ -329,7 +317,7 @@ mod tests {
         let sql = statistics_sql(&filter, true, dollar);
         assert!(sql.contains("CAST($4 AS BIGINT)"), "{sql}");
         assert!(
-            sql.contains("(m.ts - o.origin) / CAST($5 AS BIGINT)"),
+            sql.contains("(m.ts - (SELECT origin FROM o)) / CAST($5 AS BIGINT)"),
             "{sql}"
         );
     }

@@ -7,18 +7,26 @@
 //! threads. `sqlite::memory:` is one private database on one thread (an in-memory database is
 //! per connection).
 //!
+//! The catalogue, roll-ups and expiry live in the module `store::sqlite_samples`; a
+//! new file gives the pages that expiry frees back to the file system (incremental vacuum).
+//!
 //! Durability: `synchronous=NORMAL`, SQLite's advice for WAL: a committed batch survives a
 //! crash of the process; a power cut may lose the last batches, never corrupt the file.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{self, Param, SampleRow, StatsRow, SAMPLE_COLUMNS};
+use super::config::StoreLayout;
+use super::retention::Expired;
+use super::sql::{self, SampleRow, SAMPLE_COLUMNS};
+use super::sqlite_samples;
 use super::{AlarmPage, Store, StoreError};
 use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
 
@@ -37,7 +45,6 @@ CREATE TABLE IF NOT EXISTS samples (
     resource_metadata TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts);
-CREATE INDEX IF NOT EXISTS samples_resource ON samples (resource_id);
 CREATE TABLE IF NOT EXISTS alarms (
     alarm_id TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -55,6 +62,9 @@ CREATE INDEX IF NOT EXISTS alarm_history_alarm ON alarm_history (alarm_id, seq);
 
 /// Jobs queued per thread before callers wait.
 const QUEUE: usize = 64;
+
+/// Bytes the write-ahead log is cut back to after a checkpoint.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// How long a connection waits for another's lock before failing.
 const BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -127,6 +137,11 @@ impl DbThread {
 /// The embedded SQLite store.
 pub struct SqliteStore {
     location: String,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
+    layout: Arc<StoreLayout>,
+    /// Roll-up periods (seconds, ascending), from the layout.
+    periods: Arc<[u64]>,
     writer: DbThread,
     reader: DbThread,
 }
@@ -140,8 +155,19 @@ impl fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating it and its parent directories if needed) the database file at `path`.
+    /// Opens (creating it and its parent directories if needed) the database file at `path`,
+    /// with the default layout.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreLayout::default()).await
+    }
+
+    /// Opens the database file at `path` with `layout` (see [`StoreLayout`]), upgrading it
+    /// first if an older version made it or its roll-up periods changed.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        layout: StoreLayout,
+    ) -> Result<Self, StoreError> {
+        let periods: Arc<[u64]> = layout.periods().map_err(StoreError::Backend)?.into();
         let path: PathBuf = path.as_ref().to_owned();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await.map_err(|e| {
@@ -149,12 +175,17 @@ impl SqliteStore {
             })?;
         }
         let write_path = path.clone();
+        let upgrade_periods = periods.clone();
         let writer = DbThread::start("metering-sqlite-writer", move || {
-            let conn = Connection::open(&write_path)?;
+            let mut conn = Connection::open(&write_path)?;
+            sqlite_samples::prepare_new(&conn)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
+            // The log is truncated back to this after a checkpoint that emptied it.
+            conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
             prepare(&conn)?;
             conn.execute_batch(SCHEMA)?;
             migrate(&conn)?;
+            sqlite_samples::upgrade(&mut conn, &upgrade_periods)?;
             Ok(conn)
         })
         .await?;
@@ -168,6 +199,9 @@ impl SqliteStore {
         .await?;
         Ok(Self {
             location: path.display().to_string(),
+            path: Some(path),
+            layout: Arc::new(layout),
+            periods,
             writer,
             reader,
         })
@@ -175,16 +209,27 @@ impl SqliteStore {
 
     /// A fresh private in-memory database (gone when the store is dropped).
     pub async fn open_in_memory() -> Result<Self, StoreError> {
-        let thread = DbThread::start("metering-sqlite-memory", || {
-            let conn = Connection::open_in_memory()?;
+        Self::open_in_memory_with(StoreLayout::default()).await
+    }
+
+    /// A fresh private in-memory database with `layout`.
+    pub async fn open_in_memory_with(layout: StoreLayout) -> Result<Self, StoreError> {
+        let periods: Arc<[u64]> = layout.periods().map_err(StoreError::Backend)?.into();
+        let upgrade_periods = periods.clone();
+        let thread = DbThread::start("metering-sqlite-memory", move || {
+            let mut conn = Connection::open_in_memory()?;
             prepare(&conn)?;
             conn.execute_batch(SCHEMA)?;
             migrate(&conn)?;
+            sqlite_samples::upgrade(&mut conn, &upgrade_periods)?;
             Ok(conn)
         })
         .await?;
         Ok(Self {
             location: ":memory:".to_owned(),
+            path: None,
+            layout: Arc::new(layout),
+            periods,
             writer: thread.clone(),
             reader: thread,
         })
@@ -249,15 +294,6 @@ fn question(n: usize) -> String {
     format!("?{n}")
 }
 
-fn to_sql(param: &Param) -> rusqlite::types::Value {
-    use rusqlite::types::Value as V;
-    match param {
-        Param::Text(s) => V::Text(s.clone()),
-        Param::Int(i) => V::Integer(*i),
-        Param::OptInt(i) => i.map_or(V::Null, V::Integer),
-    }
-}
-
 fn load_alarm(conn: &Connection, alarm_id: &str) -> Result<Alarm, StoreError> {
     let body: Option<String> = conn
         .query_row(
@@ -298,10 +334,11 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let rows: Vec<SampleRow> = samples.iter().map(SampleRow::new).collect();
+        let periods = self.periods.clone();
         self.writer
             .run(move |conn| {
                 let tx = conn.transaction().map_err(write_error)?;
-                let mut new = 0;
+                let mut fresh: Vec<&SampleRow> = Vec::with_capacity(rows.len());
                 {
                     let mut insert = tx
                         .prepare_cached(&format!(
@@ -311,7 +348,7 @@ impl Store for SqliteStore {
                         ))
                         .map_err(write_error)?;
                     for r in &rows {
-                        new += insert
+                        let new = insert
                             .execute(params![
                                 r.message_id,
                                 r.meter,
@@ -326,76 +363,49 @@ impl Store for SqliteStore {
                                 r.resource_metadata,
                             ])
                             .map_err(write_error)?;
+                        if new > 0 {
+                            fresh.push(r);
+                        }
                     }
                 }
+                sqlite_samples::summarise(&tx, &fresh, &periods).map_err(write_error)?;
                 tx.commit().map_err(write_error)?;
-                Ok(new)
+                Ok(fresh.len())
             })
             .await
     }
 
     async fn statistics(&self, query: &StatisticsQuery) -> Result<Vec<Statistics>, StoreError> {
-        let filter = sql::sample_filter(query, question);
-        let periodic = query.period > 0;
-        let text = sql::statistics_sql(&filter, periodic, question);
-        let mut params: Vec<rusqlite::types::Value> = filter.params.iter().map(to_sql).collect();
-        if periodic {
-            params.extend(sql::bucket_params(query).iter().map(to_sql));
-        }
-        let period = query.period;
+        let query = query.clone();
+        let periods = self.periods.clone();
         self.reader
-            .run(move |conn| {
-                let mut statement = conn.prepare_cached(&text).map_err(backend)?;
-                let rows = statement
-                    .query_map(params_from_iter(params), |row| {
-                        Ok(StatsRow {
-                            bucket: row.get(0)?,
-                            unit: row.get(1)?,
-                            count: row.get(2)?,
-                            sum: row.get(3)?,
-                            avg: row.get(4)?,
-                            min: row.get(5)?,
-                            max: row.get(6)?,
-                            first: row.get(7)?,
-                            last: row.get(8)?,
-                            origin: row.get(9)?,
-                        })
-                    })
-                    .map_err(backend)?;
-                rows.map(|row| sql::to_statistics(row.map_err(backend)?, period))
-                    .collect()
-            })
+            .run(move |conn| sqlite_samples::statistics(conn, &query, &periods))
             .await
     }
 
     async fn meters(&self, resource_id: Option<&str>) -> Result<Vec<MeterInfo>, StoreError> {
         let resource = resource_id.map(str::to_owned);
-        let text = sql::meters_sql(resource.is_some(), question);
         self.reader
-            .run(move |conn| {
-                let mut statement = conn.prepare_cached(&text).map_err(backend)?;
-                let params: Vec<String> = resource.into_iter().collect();
-                let rows = statement
-                    .query_map(params_from_iter(params), |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, String>(2)?,
-                            row.get::<_, String>(3)?,
-                            row.get::<_, Option<String>>(4)?,
-                            row.get::<_, Option<String>>(5)?,
-                            row.get::<_, String>(6)?,
-                        ))
-                    })
-                    .map_err(backend)?;
-                rows.map(|row| {
-                    let (name, kind, unit, resource, project, user, source) =
-                        row.map_err(backend)?;
-                    sql::meter_info(name, &kind, unit, resource, project, user, source)
-                })
-                .collect()
-            })
+            .run(move |conn| sqlite_samples::meters(conn, resource.as_deref()))
             .await
+    }
+
+    async fn expire_step(&self, now: DateTime<Utc>) -> Result<Expired, StoreError> {
+        if !self.layout.expires() {
+            return Ok(Expired::default());
+        }
+        let layout = self.layout.clone();
+        let periods = self.periods.clone();
+        self.writer
+            .run(move |conn| sqlite_samples::expire_step(conn, &layout, &periods, now))
+            .await
+    }
+
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        match &self.path {
+            Some(path) => sqlite_samples::disk_usage(path).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn create_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {

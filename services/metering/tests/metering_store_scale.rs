@@ -1,0 +1,739 @@
+//! The store at scale, one specification run on SQLite (in memory and on a file) and the
+//! machine's PostgreSQL: statistics from roll-ups equal those from raw samples on random data
+//! and random queries; the meter catalogue lists what the samples hold; expiry removes what
+//! is past its time to live, keeps roll-ups and catalogue in step, and gives space back; a
+//! database made before roll-ups existed is upgraded; concurrent PostgreSQL writers lose
+//! nothing.
+//!
+//! PostgreSQL is `postgres://postgres@127.0.0.1:5432/test` unless `TIDINGS_TEST_POSTGRES`
+//! names another server; without one these tests fail, they do not skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use serde_json::Map;
+use tidings_metering::model::{CounterType, Sample, Statistics, StatisticsQuery};
+use tidings_metering::store::{self, retention, Store, StoreConfig, StoreLayout};
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+fn postgres_base() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn pg_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&postgres_base(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", postgres_base()));
+    tokio::spawn(connection);
+    client
+}
+
+/// A schema of its own on the test PostgreSQL, dropped when the guard goes.
+struct PgSchema {
+    name: String,
+}
+
+impl PgSchema {
+    async fn new() -> Self {
+        let name = format!("metering_scale_{:016x}", fastrand::u64(..));
+        pg_client()
+            .await
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        let base = postgres_base();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{separator}options=-c%20search_path%3D{}", self.name)
+    }
+
+    /// A client whose tables are this schema's.
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _ = pg_client()
+                    .await
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A directory of its own, removed when the guard goes.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("tidings-scale-{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    SqliteMemory,
+    SqliteFile,
+    Postgres,
+}
+
+/// Where a store lives, kept alive for a test; a second store on the same backend may be
+/// opened from it (another URL, or the same one again).
+enum Home {
+    Memory,
+    Dir(TempDir),
+    Schema(PgSchema),
+}
+
+impl Home {
+    async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::SqliteMemory => Self::Memory,
+            Backend::SqliteFile => Self::Dir(TempDir::new()),
+            Backend::Postgres => Self::Schema(PgSchema::new().await),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Memory => "sqlite::memory:".to_owned(),
+            Self::Dir(dir) => format!("sqlite://{}/metering.sqlite", dir.0.display()),
+            Self::Schema(schema) => schema.url(),
+        }
+    }
+
+    async fn open(&self, layout: StoreLayout) -> Arc<dyn Store> {
+        store::open_with(&StoreConfig::new(self.url()).with_layout(layout))
+            .await
+            .unwrap()
+    }
+}
+
+/// The default layout with no roll-ups: every answer from raw samples.
+fn raw_only() -> StoreLayout {
+    StoreLayout {
+        rollup_periods: Vec::new(),
+        ..StoreLayout::default()
+    }
+}
+
+macro_rules! on_every_backend {
+    ($spec:ident) => {
+        mod $spec {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_in_memory() {
+                super::$spec(Backend::SqliteMemory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_on_file() {
+                super::$spec(Backend::SqliteFile).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgresql() {
+                super::$spec(Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn at_us(us: i64) -> DateTime<Utc> {
+    t0() + Duration::microseconds(us)
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    id: String,
+    meter: &str,
+    resource: &str,
+    project: Option<&str>,
+    unit: &str,
+    us: i64,
+    volume: f64,
+) -> Sample {
+    Sample {
+        source: "openstack".into(),
+        name: meter.into(),
+        counter_type: CounterType::Gauge,
+        unit: unit.into(),
+        volume,
+        user_id: project.map(|p| format!("u-{p}")),
+        project_id: project.map(str::to_owned),
+        resource_id: resource.into(),
+        timestamp: at_us(us),
+        resource_metadata: Map::new(),
+        message_id: id,
+    }
+}
+
+/// Compares two answers: everything exact but sums and averages, which may differ by the
+/// rounding of adding in another order.
+fn same_statistics(context: &str, got: &[Statistics], want: &[Statistics]) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{context}\ngot {got:#?}\nwant {want:#?}"
+    );
+    for (g, w) in got.iter().zip(want) {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+        assert!(
+            close(g.sum, w.sum) && close(g.avg, w.avg),
+            "{context}\n{g:?}\n{w:?}"
+        );
+        let mut g = g.clone();
+        (g.sum, g.avg) = (w.sum, w.avg);
+        assert_eq!(&g, w, "{context}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roll-ups equal raw samples
+
+/// One random sample: meter, resource, project, unit, time (µs after t0), volume.
+type Spec = (usize, usize, Option<usize>, usize, i64, f64);
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        0..2usize,
+        0..3usize,
+        prop_oneof![Just(None), (0..2usize).prop_map(Some)],
+        0..2usize,
+        // Three days, to the second, and some times just off a boundary.
+        (
+            0..3 * 86_400i64,
+            prop_oneof![Just(0i64), Just(1), Just(999_999)],
+        )
+            .prop_map(|(s, us)| s * 1_000_000 + us),
+        -1e6..1e6f64,
+    )
+}
+
+/// A time in or around the samples': on a day or hour boundary, or anywhere.
+fn instant() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        (0..4i64).prop_map(|d| d * DAY_US),
+        (0..80i64).prop_map(|h| h * HOUR_US),
+        (0..80i64).prop_map(|h| h * HOUR_US - 1),
+        -DAY_US..4 * DAY_US,
+    ]
+}
+
+/// A query: period, start, end, resource, project (2: the empty id).
+type QuerySpec = (u64, Option<i64>, Option<i64>, Option<usize>, Option<usize>);
+
+fn query_spec() -> impl Strategy<Value = QuerySpec> {
+    (
+        prop_oneof![
+            Just(0u64),
+            Just(0),
+            Just(1_800),
+            Just(3_600),
+            Just(5_400),
+            Just(7_200),
+            Just(86_400),
+            Just(172_800)
+        ],
+        proptest::option::of(instant()),
+        proptest::option::of(instant()),
+        proptest::option::of(0..3usize),
+        proptest::option::of(0..3usize),
+    )
+}
+
+const METERS: [&str; 2] = ["cpu", "disk"];
+const UNITS: [&str; 2] = ["b", "ns"];
+const PROJECTS: [&str; 3] = ["p0", "p1", ""];
+
+fn rollups_answer_like_raw_samples(backend: Backend) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (homes, rolled, raw) = runtime.block_on(async {
+        let rolled_home = Home::new(backend).await;
+        let raw_home = Home::new(backend).await;
+        let rolled = rolled_home.open(StoreLayout::default()).await;
+        let raw = raw_home.open(raw_only()).await;
+        ((rolled_home, raw_home), rolled, raw)
+    });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        proptest::collection::vec(spec(), 1..120),
+        proptest::collection::vec(query_spec(), 12),
+    );
+    let cases = std::sync::atomic::AtomicU32::new(0);
+    runner
+        .run(&strategy, |(specs, queries)| {
+            let case = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Each case its own meters, so that cases share the stores without meeting.
+            let meter = |m: usize| format!("{}-{case}", METERS[m]);
+            let samples: Vec<Sample> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, &(m, r, p, u, us, volume))| {
+                    sample(
+                        format!("{case}-{i}"),
+                        &meter(m),
+                        &format!("r{r}"),
+                        p.map(|p| PROJECTS[p]),
+                        UNITS[u],
+                        us,
+                        volume,
+                    )
+                })
+                .collect();
+            runtime.block_on(async {
+                // In two batches, so that roll-ups are added to as well as made.
+                let (a, b) = samples.split_at(samples.len() / 2);
+                for batch in [a, b] {
+                    rolled.record(batch).await.unwrap();
+                    raw.record(batch).await.unwrap();
+                }
+                for (period, start, end, resource, project) in &queries {
+                    for m in 0..METERS.len() {
+                        let query = StatisticsQuery {
+                            meter: meter(m),
+                            period: *period,
+                            start: start.map(at_us),
+                            end: end.map(at_us),
+                            resource_id: resource.map(|r| format!("r{r}")),
+                            project_id: project.map(|p| PROJECTS[p].to_owned()),
+                        };
+                        let got = rolled.statistics(&query).await.unwrap();
+                        let want = raw.statistics(&query).await.unwrap();
+                        same_statistics(&format!("{backend:?} {query:?}"), &got, &want);
+                    }
+                }
+                for resource in [None, Some("r1")] {
+                    assert_eq!(
+                        rolled.meters(resource).await.unwrap(),
+                        raw.meters(resource).await.unwrap(),
+                        "{backend:?} meters of {resource:?}"
+                    );
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+    drop((rolled, raw));
+    runtime.block_on(async move { drop(homes) });
+}
+
+#[test]
+fn rollups_answer_like_raw_samples_sqlite_in_memory() {
+    rollups_answer_like_raw_samples(Backend::SqliteMemory);
+}
+
+#[test]
+fn rollups_answer_like_raw_samples_sqlite_on_file() {
+    rollups_answer_like_raw_samples(Backend::SqliteFile);
+}
+
+#[test]
+fn rollups_answer_like_raw_samples_postgresql() {
+    rollups_answer_like_raw_samples(Backend::Postgres);
+}
+
+/// Three days of one meter on two resources, every ten minutes.
+fn three_days(meter: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for step in 0..3 * 144 {
+        for resource in ["r0", "r1"] {
+            samples.push(sample(
+                format!("{meter}-{resource}-{step}"),
+                meter,
+                resource,
+                Some("p0"),
+                "%",
+                step * 600_000_000,
+                (step % 7) as f64,
+            ));
+        }
+    }
+    samples
+}
+
+/// Deletes every raw sample behind the store's back.
+async fn delete_raw_samples(backend: Backend, home: &Home) {
+    match (backend, home) {
+        (Backend::SqliteFile, Home::Dir(dir)) => {
+            let conn = rusqlite::Connection::open(dir.0.join("metering.sqlite")).unwrap();
+            conn.execute("DELETE FROM samples", []).unwrap();
+        }
+        (Backend::Postgres, Home::Schema(schema)) => {
+            schema
+                .client()
+                .await
+                .batch_execute("DELETE FROM samples")
+                .await
+                .unwrap();
+        }
+        _ => unreachable!("a store whose tables can be reached from outside"),
+    }
+}
+
+async fn aligned_statistics_are_read_from_rollups_not_samples(backend: Backend) {
+    if backend == Backend::SqliteMemory {
+        return; // Its tables cannot be reached from outside the store.
+    }
+    let home = Home::new(backend).await;
+    let store = home.open(StoreLayout::default()).await;
+    store.record(&three_days("cpu")).await.unwrap();
+    let hourly = StatisticsQuery {
+        meter: "cpu".into(),
+        period: 3_600,
+        ..StatisticsQuery::default()
+    };
+    let whole = StatisticsQuery {
+        meter: "cpu".into(),
+        ..StatisticsQuery::default()
+    };
+    let before = (
+        store.statistics(&hourly).await.unwrap(),
+        store.statistics(&whole).await.unwrap(),
+    );
+    assert_eq!(before.0.len(), 72);
+    assert_eq!(before.1[0].count, 864);
+    delete_raw_samples(backend, &home).await;
+    // Whole hours and the whole range: the same answers without a sample left.
+    assert_eq!(store.statistics(&hourly).await.unwrap(), before.0);
+    assert_eq!(store.statistics(&whole).await.unwrap(), before.1);
+    // A window that does not line up reads the (now missing) samples.
+    let window = StatisticsQuery {
+        meter: "cpu".into(),
+        start: Some(at_us(HOUR_US + 1)),
+        end: Some(at_us(HOUR_US + 1_800_000_000)),
+        ..StatisticsQuery::default()
+    };
+    assert!(store.statistics(&window).await.unwrap().is_empty());
+}
+
+on_every_backend!(aligned_statistics_are_read_from_rollups_not_samples);
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+
+async fn expiry_removes_what_is_past_its_time_to_live_and_keeps_summaries_in_step(
+    backend: Backend,
+) {
+    let layout = StoreLayout {
+        metering_time_to_live: 86_400,
+        meter_time_to_live: [("disk".to_owned(), 2 * 86_400), ("keep".to_owned(), -1)].into(),
+        expiry_batch: 100,
+        ..StoreLayout::default()
+    };
+    let home = Home::new(backend).await;
+    let store = home.open(layout.clone()).await;
+    let mut all = Vec::new();
+    for meter in ["cpu", "disk", "keep"] {
+        all.extend(three_days(meter));
+    }
+    // A resource seen only at the start: gone from the catalogue with its samples.
+    all.push(sample(
+        "old".into(),
+        "cpu",
+        "r-old",
+        Some("p0"),
+        "%",
+        5,
+        1.0,
+    ));
+    for batch in all.chunks(200) {
+        store.record(batch).await.unwrap();
+    }
+    let full = store.disk_usage().await.unwrap();
+    // Three days and a half after t0. Cutoffs fall on day boundaries (the largest roll-up
+    // period): cpu (a day to live) keeps its last day, disk (two days) its last two, keep all.
+    let now = at_us(3 * DAY_US + 12 * HOUR_US);
+    let done = retention::expire(store.as_ref(), now).await.unwrap();
+    assert_eq!(done.samples, 2 * 288 + 1 + 288, "{done:?}");
+    let cutoffs = [("cpu", 2 * DAY_US), ("disk", DAY_US)];
+    let kept = |s: &Sample| {
+        cutoffs
+            .iter()
+            .all(|(m, cut)| s.name != *m || s.timestamp >= at_us(*cut))
+    };
+    let reference = Home::new(backend).await;
+    let reference_store = reference.open(raw_only()).await;
+    let survivors: Vec<Sample> = all.iter().filter(|s| kept(s)).cloned().collect();
+    for batch in survivors.chunks(200) {
+        reference_store.record(batch).await.unwrap();
+    }
+    for meter in ["cpu", "disk", "keep"] {
+        for period in [0, 3_600, 86_400] {
+            let query = StatisticsQuery {
+                meter: meter.into(),
+                period,
+                ..StatisticsQuery::default()
+            };
+            same_statistics(
+                &format!("{backend:?} {meter} {period}"),
+                &store.statistics(&query).await.unwrap(),
+                &reference_store.statistics(&query).await.unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        store.meters(None).await.unwrap(),
+        reference_store.meters(None).await.unwrap()
+    );
+    assert!(store
+        .meters(None)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.resource_id != "r-old"));
+    // A second run finds nothing left.
+    assert!(retention::expire(store.as_ref(), now)
+        .await
+        .unwrap()
+        .is_empty());
+    if let (Some(full), Some(after)) = (full, store.disk_usage().await.unwrap()) {
+        if backend == Backend::SqliteFile {
+            assert!(after < full, "the file gave back space: {full} → {after}");
+        }
+    }
+}
+
+on_every_backend!(expiry_removes_what_is_past_its_time_to_live_and_keeps_summaries_in_step);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_expires_whole_day_partitions_when_every_meter_allows() {
+    let home = Home::new(Backend::Postgres).await;
+    let layout = StoreLayout {
+        metering_time_to_live: 86_400,
+        ..StoreLayout::default()
+    };
+    let store = home.open(layout).await;
+    store.record(&three_days("cpu")).await.unwrap();
+    let Home::Schema(schema) = &home else {
+        unreachable!()
+    };
+    let client = schema.client().await;
+    let partitions = || async {
+        let row = client
+            .query_one(
+                "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'samples'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(partitions().await, 3);
+    let done = retention::expire(store.as_ref(), at_us(3 * DAY_US + HOUR_US))
+        .await
+        .unwrap();
+    assert_eq!((done.partitions, done.samples), (2, 0), "{done:?}");
+    assert_eq!(partitions().await, 1);
+    let left = store
+        .statistics(&StatisticsQuery {
+            meter: "cpu".into(),
+            ..StatisticsQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left[0].count, 288);
+    assert_eq!(left[0].duration_start, at_us(2 * DAY_US));
+    // A late sample for a dropped day makes its partition again.
+    let late = sample("late".into(), "cpu", "r0", Some("p0"), "%", 7, 1.0);
+    assert_eq!(store.record(&[late]).await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades
+
+/// The samples table as the previous version made it.
+const OLD_SAMPLES: &str = "
+CREATE TABLE samples (
+    message_id TEXT PRIMARY KEY,
+    meter TEXT NOT NULL,
+    counter_type TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    volume DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL,
+    user_id TEXT,
+    project_id TEXT,
+    resource_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    resource_metadata TEXT NOT NULL
+);
+CREATE INDEX samples_meter_ts ON samples (meter, ts);
+CREATE INDEX samples_resource ON samples (resource_id);
+";
+
+fn old_rows(samples: &[Sample]) -> String {
+    samples
+        .iter()
+        .map(|s| {
+            format!(
+                "('{}', '{}', 'gauge', '{}', {}, 'openstack', '{}', '{}', '{}', {}, '{{}}')",
+                s.message_id,
+                s.name,
+                s.unit,
+                s.volume,
+                s.user_id.as_deref().unwrap_or_default(),
+                s.project_id.as_deref().unwrap_or_default(),
+                s.resource_id,
+                s.timestamp.timestamp_micros()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn a_database_made_before_rollups_is_upgraded(backend: Backend) {
+    if backend == Backend::SqliteMemory {
+        return; // Nothing outlives an in-memory store.
+    }
+    let home = Home::new(backend).await;
+    let old = three_days("cpu");
+    let fill = format!(
+        "{OLD_SAMPLES} INSERT INTO samples VALUES {};",
+        old_rows(&old)
+    );
+    match &home {
+        Home::Dir(dir) => rusqlite::Connection::open(dir.0.join("metering.sqlite"))
+            .unwrap()
+            .execute_batch(&fill)
+            .unwrap(),
+        Home::Schema(schema) => schema.client().await.batch_execute(&fill).await.unwrap(),
+        Home::Memory => unreachable!(),
+    }
+    let store = home.open(StoreLayout::default()).await;
+    let reference_home = Home::new(backend).await;
+    let reference = reference_home.open(raw_only()).await;
+    reference.record(&old).await.unwrap();
+    // Stored before the upgrade: a duplicate now.
+    assert_eq!(store.record(&old[..10]).await.unwrap(), 0);
+    for period in [0, 3_600, 86_400] {
+        let query = StatisticsQuery {
+            meter: "cpu".into(),
+            period,
+            ..StatisticsQuery::default()
+        };
+        same_statistics(
+            &format!("{backend:?} upgraded, period {period}"),
+            &store.statistics(&query).await.unwrap(),
+            &reference.statistics(&query).await.unwrap(),
+        );
+    }
+    assert_eq!(
+        store.meters(None).await.unwrap(),
+        reference.meters(None).await.unwrap()
+    );
+    // Reopened with another roll-up period: filled from the samples.
+    drop(store);
+    let hourly_only = StoreLayout {
+        rollup_periods: vec![1_800, 3_600],
+        ..StoreLayout::default()
+    };
+    let store = home.open(hourly_only).await;
+    let query = StatisticsQuery {
+        meter: "cpu".into(),
+        period: 1_800,
+        ..StatisticsQuery::default()
+    };
+    same_statistics(
+        &format!("{backend:?} new period"),
+        &store.statistics(&query).await.unwrap(),
+        &reference.statistics(&query).await.unwrap(),
+    );
+}
+
+on_every_backend!(a_database_made_before_rollups_is_upgraded);
+
+// ---------------------------------------------------------------------------------------------
+// Several writers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_writers_on_several_connections_lose_nothing() {
+    let home = Home::new(Backend::Postgres).await;
+    let writers: Vec<Arc<dyn Store>> =
+        futures::future::join_all((0..4).map(|_| home.open(StoreLayout::default()))).await;
+    let all = three_days("cpu");
+    // Every writer takes every fourth batch; batches overlap the same roll-up rows.
+    let tasks = writers.iter().enumerate().map(|(w, store)| {
+        let store = store.clone();
+        let batches: Vec<Vec<Sample>> = all
+            .chunks(24)
+            .skip(w)
+            .step_by(4)
+            .map(<[Sample]>::to_vec)
+            .collect();
+        tokio::spawn(async move {
+            let mut stored = 0;
+            for batch in batches {
+                stored += store.record(&batch).await.unwrap();
+            }
+            stored
+        })
+    });
+    let stored: usize = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(stored, all.len());
+    let whole = writers[0]
+        .statistics(&StatisticsQuery {
+            meter: "cpu".into(),
+            ..StatisticsQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(whole[0].count, all.len() as u64);
+    let expected: f64 = all.iter().map(|s| s.volume).sum();
+    assert!((whole[0].sum - expected).abs() < 1e-9);
+}
