@@ -303,6 +303,12 @@ mod tests {
             job.unwrap().unwrap();
         }
         assert_eq!(peak.load(Ordering::SeqCst), 3);
+        // A pool thread gives its permit back just after it has sent the result: the last one
+        // may still be on its way.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while pool.in_use() != 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert_eq!(pool.in_use(), 0);
     }
 
