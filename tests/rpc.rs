@@ -345,6 +345,26 @@ pub async fn stop_deadline_abandons_what_is_left(bus: Bus) {
     assert!(call.await.unwrap().unwrap_err().is_timeout());
 }
 
+/// A process going down closes its connection first: stopping its servers afterwards must not
+/// wait on the broker (the fanout queue's deletion has no connection left to ask on).
+pub async fn stop_after_the_transport_closed_keeps_its_deadline(bus: Bus) {
+    for _ in 0..5 {
+        let transport = bus.transport().await;
+        let server = serve(&transport, "s1", Arc::default()).await;
+        let _: String = client(&transport)
+            .call(&Context::new(), "echo", json!({"x": "up"}))
+            .await
+            .unwrap();
+        transport.close().await;
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(10),
+            server.stop(Duration::from_millis(100)),
+        )
+        .await;
+        assert!(stopped.is_ok(), "stop waited past its deadline");
+    }
+}
+
 pub async fn duplicate_requests_are_dropped(bus: Bus) {
     let transport = bus.transport().await;
     let probe = Arc::new(Probe::default());
@@ -695,6 +715,7 @@ macro_rules! rpc_suite {
             concurrent_calls_run_in_parallel_up_to_the_limit,
             graceful_stop_finishes_calls_in_flight,
             stop_deadline_abandons_what_is_left,
+            stop_after_the_transport_closed_keeps_its_deadline,
             duplicate_requests_are_dropped,
             malformed_requests_do_not_stop_the_server,
             call_monitor_keeps_a_long_call_alive,

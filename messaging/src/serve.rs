@@ -254,6 +254,9 @@ impl Serving {
     }
 }
 
+/// How long a stopped loop may take, after its deadline, to close its inbox.
+const LOOP_EXIT_PATIENCE: Duration = Duration::from_secs(5);
+
 /// A running serving loop.
 #[derive(Debug)]
 pub(crate) struct Running {
@@ -274,7 +277,19 @@ impl Running {
             // Tell the loop to abandon what is left; it reports how much.
             self.drained.cancel();
         }
-        self.task.await.unwrap_or_default()
+        // The loop's own clean-up (closing its inbox) talks to the broker; a broker or a
+        // connection that no longer answers must not hold a stop past its deadline for long.
+        let mut task = self.task;
+        match tokio::time::timeout(LOOP_EXIT_PATIENCE, &mut task).await {
+            Ok(report) => report.unwrap_or_default(),
+            Err(_) => {
+                tracing::warn!(
+                    "a serving loop did not end within {LOOP_EXIT_PATIENCE:?} of its stop; abandoned"
+                );
+                task.abort();
+                StopReport::default()
+            }
+        }
     }
 
     /// Resolves when the loop is stopping, on its own or by [`stop`](Self::stop).

@@ -79,9 +79,11 @@ impl JobsServer {
 
     /// Dies: stops consuming and drops every part it runs, without a word to anyone.
     pub async fn kill(self) {
+        // The connection goes first, as when a process dies: a wait call the caller holds must
+        // not be answered `Cancelled` by the parts' cancellation below.
+        self.transport.close().await;
         self.runner.cancel_all();
         self.server.stop(Duration::from_millis(100)).await;
-        self.transport.close().await;
     }
 }
 

@@ -254,6 +254,11 @@ impl Link {
         self.session.borrow().clone().filter(|s| !s.is_dead())
     }
 
+    /// Whether [`close`](Self::close) was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     /// Closes the connection and stops reconnecting.
     pub(super) async fn close(&self) {
         self.stop.cancel();

@@ -44,6 +44,9 @@ pub const QUIET_LAPIN_RETURNS: &str = "lapin::returned_messages=error";
 
 /// Replies handed out before the router acknowledged earlier ones.
 const REPLY_PREFETCH: u16 = 256;
+/// How long a stopping server waits for the broker to delete its fanout queue (best effort: the
+/// queue expires on its own).
+const FANOUT_DELETE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The AMQP driver.
 #[derive(Debug)]
@@ -265,6 +268,11 @@ impl AmqpDriver {
     fn delete_on_close(&self, queue: String) -> CloseHook {
         let link = self.send.clone();
         Box::pin(async move {
+            // On a closed transport there is nothing to ask the broker with, and lapin's calls
+            // on a closing connection need not resolve: a server's stop must not wait on them.
+            if link.is_closed() {
+                return;
+            }
             let Some(session) = link.current() else {
                 return;
             };
@@ -275,8 +283,14 @@ impl AmqpDriver {
                     .await?;
                 channel.close(200, "done".into()).await
             };
-            if let Err(error) = deleted.await {
-                tracing::debug!(%error, %queue, "could not delete the fanout queue; it expires on its own");
+            match tokio::time::timeout(FANOUT_DELETE_PATIENCE, deleted).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %queue, "could not delete the fanout queue; it expires on its own");
+                }
+                Err(_) => {
+                    tracing::debug!(%queue, "no answer to the fanout queue's deletion; it expires on its own");
+                }
             }
         })
     }
