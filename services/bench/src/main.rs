@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc, set up in `.cargo/config.toml` to give freed memory back to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::Parser;
 use tidings_bench::{self as bench, BenchConfig};
 

@@ -7,6 +7,10 @@ mod demo;
 
 use std::process::ExitCode;
 
+/// jemalloc, set up in `.cargo/config.toml` to give freed memory back to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match cli::parse() {
         Ok(cli) => cli,
