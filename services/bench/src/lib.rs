@@ -97,6 +97,16 @@ impl Scenario {
     pub fn lower_is_better(self) -> bool {
         matches!(self, Scenario::Call1)
     }
+
+    /// Whether the baseline also runs without publisher confirms. Only the publish/consume
+    /// scenarios have such a variant: there the confirms are most of what a publish waits for,
+    /// and the table shows how far above the same-guarantee baseline an unsafe one goes.
+    pub fn has_unconfirmed_baseline(self) -> bool {
+        matches!(
+            self,
+            Scenario::Cast | Scenario::Fanout3 | Scenario::NotifyBatch
+        )
+    }
 }
 
 /// How to run.
@@ -134,9 +144,14 @@ pub struct Row {
     pub scenario: String,
     /// The figure through tidings.
     pub tidings: f64,
-    /// The figure of the bare-lapin baseline.
+    /// The figure of the bare-lapin baseline, with the same delivery guarantee as tidings
+    /// (confirmed publishes where tidings confirms).
     pub baseline: f64,
-    /// tidings ÷ baseline.
+    /// The bare-lapin baseline publishing without confirms (`cast`, `fanout-3`,
+    /// `notify-batch`): for reference only, since it gives up what tidings guarantees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_unconfirmed: Option<f64>,
+    /// tidings ÷ baseline: always against the same-guarantee baseline, never the unconfirmed.
     pub ratio: f64,
     /// The unit of both figures.
     pub unit: &'static str,
@@ -186,19 +201,26 @@ impl Report {
         if !self.rows.is_empty() {
             let _ = writeln!(
                 out,
-                "ratio = tidings ÷ baseline (bare lapin): lower is better for latency (µs/call), \
-                 higher is better for throughput (/s)"
+                "ratio = tidings ÷ baseline (bare lapin, same guarantee: confirmed publishes): \
+                 lower is better for latency (µs/call), higher is better for throughput (/s)"
             );
             let _ = writeln!(
                 out,
-                "{:<22} {:>12} {:>12}  {:<17} {:>6}",
-                "scenario", "tidings", "baseline", "unit", "ratio"
+                "unconfirmed = bare lapin publishing without confirms, for reference (not in the ratio)"
+            );
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>12} {:>12}  {:<17} {:>6}",
+                "scenario", "tidings", "baseline", "unconfirmed", "unit", "ratio"
             );
             for row in &self.rows {
+                let unconfirmed = row
+                    .baseline_unconfirmed
+                    .map_or("-".to_owned(), |figure| format!("{figure:.1}"));
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>12.1} {:>12.1}  {:<17} {:>6.2}",
-                    row.scenario, row.tidings, row.baseline, row.unit, row.ratio
+                    "{:<22} {:>12.1} {:>12.1} {:>12}  {:<17} {:>6.2}",
+                    row.scenario, row.tidings, row.baseline, unconfirmed, row.unit, row.ratio
                 );
             }
         }
@@ -270,7 +292,8 @@ impl Report {
         out
     }
 
-    /// `{scenario: {tidings, baseline, ratio, unit}}`, plus `memory` when measured.
+    /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`
+    /// when measured.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
         for row in &self.rows {
@@ -422,6 +445,47 @@ impl Progress {
     }
 }
 
+/// Who runs one side of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    /// Through tidings.
+    Tidings,
+    /// Bare lapin with tidings' guarantee: the denominator of the ratio.
+    Baseline,
+    /// Bare lapin publishing without confirms (publish/consume scenarios only).
+    Unconfirmed,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Tidings => "tidings",
+            Side::Baseline => "baseline",
+            Side::Unconfirmed => "baseline unconfirmed",
+        }
+    }
+
+    /// Whether `--side` lets this side run: `baseline` covers both bare-lapin sides.
+    fn selected(self, only: Option<&str>) -> bool {
+        match only {
+            None => true,
+            Some(only) => match self {
+                Side::Tidings => only == "tidings",
+                Side::Baseline | Side::Unconfirmed => only == "baseline",
+            },
+        }
+    }
+}
+
+/// The sides of `scenario`, in the order of its first round.
+fn sides(scenario: Scenario) -> &'static [Side] {
+    if scenario.has_unconfirmed_baseline() {
+        &[Side::Tidings, Side::Baseline, Side::Unconfirmed]
+    } else {
+        &[Side::Tidings, Side::Baseline]
+    }
+}
+
 /// The scenario × codec pairs selected by `only`. Ingest runs in both codecs too: the
 /// collector accepts both.
 pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
@@ -487,10 +551,17 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     // A run of store-scale alone leaves out the memory section too.
     let memory = config.inflight > 0 && (stores.is_empty() || !selected.is_empty());
     let rounds = config.rounds.max(1);
+    let side_runs: usize = selected
+        .iter()
+        .map(|(scenario, _)| {
+            sides(*scenario)
+                .iter()
+                .filter(|side| side.selected(config.side.as_deref()))
+                .count()
+        })
+        .sum();
     let mut progress = Progress {
-        total: selected.len() * rounds * if config.side.is_some() { 1 } else { 2 }
-            + usize::from(memory)
-            + stores.len(),
+        total: side_runs * rounds + usize::from(memory) + stores.len(),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -504,24 +575,22 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     }
     for (scenario, wire) in selected {
         let name = format!("{}/{}", scenario.name(), wire.name());
-        let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut best: BTreeMap<Side, f64> = BTreeMap::new();
+        let sides = sides(scenario);
         for round in 0..rounds {
-            // Alternate which side goes first, so neither always gets the warmer machine.
-            let sides = if round % 2 == 0 {
-                ["tidings", "baseline"]
-            } else {
-                ["baseline", "tidings"]
-            };
-            for side in sides {
-                if config.side.as_deref().is_some_and(|only| only != side) {
+            // Rotate which side goes first, so none always gets the warmer machine.
+            for offset in 0..sides.len() {
+                let side = sides[(round + offset) % sides.len()];
+                if !side.selected(config.side.as_deref()) {
                     continue;
                 }
-                progress.step(&format!("{name}: {side} (round {})", round + 1));
+                progress.step(&format!("{name}: {} (round {})", side.name(), round + 1));
                 let figure = match side {
-                    "tidings" => scenarios::run(env, scenario, wire).await,
-                    _ => baseline::run(env, scenario, wire).await,
+                    Side::Tidings => scenarios::run(env, scenario, wire).await,
+                    Side::Baseline => baseline::run(env, scenario, wire).await,
+                    Side::Unconfirmed => baseline::run_unconfirmed(env, scenario, wire).await,
                 }
-                .map_err(|e| BenchError(format!("{name} ({side}): {e}")))?;
+                .map_err(|e| BenchError(format!("{name} ({}): {e}", side.name())))?;
                 let kept = best.entry(side).or_insert(figure);
                 *kept = if scenario.lower_is_better() {
                     kept.min(figure)
@@ -530,12 +599,14 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
                 };
             }
         }
-        let tidings = best.get("tidings").copied().unwrap_or(f64::NAN);
-        let baseline = best.get("baseline").copied().unwrap_or(f64::NAN);
+        let figure = |side| best.get(&side).copied();
+        let tidings = figure(Side::Tidings).unwrap_or(f64::NAN);
+        let baseline = figure(Side::Baseline).unwrap_or(f64::NAN);
         report.rows.push(Row {
             scenario: name,
             tidings,
             baseline,
+            baseline_unconfirmed: figure(Side::Unconfirmed),
             ratio: tidings / baseline,
             unit: scenario.unit(),
         });

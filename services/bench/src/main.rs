@@ -32,11 +32,12 @@ struct BenchArgs {
     /// Only scenarios whose name starts with this (repeatable), e.g. --only call-1 --only cast/json.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
-    /// Run one side only (tidings or baseline), e.g. under a profiler; ratios need both.
+    /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
+    /// ratios need both.
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
-    /// Also write {scenario: {tidings, baseline, ratio, unit}} (and "memory",
-    /// "store-scale/<store>") as JSON to FILE.
+    /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
+    /// "memory", "store-scale/<store>") as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).

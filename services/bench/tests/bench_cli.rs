@@ -6,6 +6,9 @@
 
 use std::process::Command;
 
+/// Scenarios whose baseline also runs without publisher confirms.
+const UNCONFIRMED: [&str; 3] = ["cast", "fanout-3", "notify-batch"];
+
 const SCENARIOS: [&str; 8] = [
     "call-1",
     "call-64",
@@ -40,7 +43,7 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         .lines()
         .find(|l| l.starts_with("scenario"))
         .expect("a header line");
-    for column in ["tidings", "baseline", "unit", "ratio"] {
+    for column in ["tidings", "baseline", "unconfirmed", "unit", "ratio"] {
         assert!(header.contains(column), "{header}");
     }
     assert!(stdout.contains("lower is better") && stdout.contains("higher is better"));
@@ -52,16 +55,24 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     for scenario in SCENARIOS {
         for codec in ["json", "msgpack"] {
             let name = format!("{scenario}/{codec}");
-            // A table row: name, two figures, a unit (one or more words), a ratio.
+            // A table row: name, two figures, the unconfirmed figure or `-`, a unit (one or
+            // more words), a ratio.
             let row = stdout
                 .lines()
                 .find(|l| l.split_whitespace().next() == Some(name.as_str()))
                 .unwrap_or_else(|| panic!("no row for {name} in\n{stdout}"));
             let fields: Vec<&str> = row.split_whitespace().collect();
-            assert!(fields.len() >= 5, "{row}");
+            assert!(fields.len() >= 6, "{row}");
             for figure in [fields[1], fields[2], fields[fields.len() - 1]] {
                 let n: f64 = figure.parse().unwrap_or_else(|_| panic!("{row}"));
                 assert!(n.is_finite() && n > 0.0, "{row}");
+            }
+            let unconfirmed = UNCONFIRMED.contains(&scenario);
+            if unconfirmed {
+                let n: f64 = fields[3].parse().unwrap_or_else(|_| panic!("{row}"));
+                assert!(n.is_finite() && n > 0.0, "{row}");
+            } else {
+                assert_eq!(fields[3], "-", "{row}");
             }
             let entry = object
                 .get(&name)
@@ -73,6 +84,14 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
                 assert!(n.is_finite() && n > 0.0, "{name}.{key} = {n}");
             }
             assert!(entry["unit"].is_string(), "{name}.unit");
+            // Present exactly where the unconfirmed baseline runs; never in the ratio.
+            assert_eq!(
+                entry["baseline_unconfirmed"]
+                    .as_f64()
+                    .is_some_and(|n| n > 0.0),
+                unconfirmed,
+                "{name}.baseline_unconfirmed"
+            );
             let ratio = entry["tidings"].as_f64().unwrap() / entry["baseline"].as_f64().unwrap();
             assert!((ratio - entry["ratio"].as_f64().unwrap()).abs() < 1e-9);
         }
