@@ -293,9 +293,14 @@ impl Report {
     }
 
     /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`
-    /// when measured.
+    /// when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
+    /// where unknown), since figures from a busy machine are read differently.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
+        map.insert(
+            "load_average".to_owned(),
+            serde_json::json!({ "before": self.load.0, "after": self.load.1 }),
+        );
         for row in &self.rows {
             map.insert(
                 row.scenario.clone(),

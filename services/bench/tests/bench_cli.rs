@@ -98,9 +98,16 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     }
     assert_eq!(
         object.len(),
-        SCENARIOS.len() * 2 + 1,
-        "scenarios and memory"
+        SCENARIOS.len() * 2 + 2,
+        "scenarios, memory and load_average"
     );
+    for when in ["before", "after"] {
+        let load = json["load_average"][when].as_f64().unwrap();
+        assert!(
+            load.is_finite() && load >= 0.0,
+            "load_average.{when} = {load}"
+        );
+    }
 
     // The memory section: idle, then in flight and after, round by round.
     assert!(stdout.contains("memory (VmRSS"), "{stdout}");
