@@ -347,22 +347,51 @@ fn request(method: &str) -> Request {
 }
 
 async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
-    let server_connection = connect(env).await?;
-    let client_connection = connect(env).await?;
-    let queue = env.name("bare-call");
-    let server = rpc_server(&server_connection, &queue, wire).await?;
-    let client = RpcClient::start(&client_connection, wire).await?;
-    let request = request("echo");
-    let (client, queue, request) = (&client, queue.as_str(), &request);
-    let call = move || async move {
-        client.call(queue, request).await?;
-        Ok(())
-    };
-    let result = env.calls(concurrent, call).await;
-    server.abort();
-    client.routing.abort();
-    close(&[&client_connection, &server_connection]).await;
+    let echo = EchoRpc::start(env, wire).await?;
+    let result = env.calls(concurrent, || echo.call()).await;
+    echo.stop().await;
     result
+}
+
+/// The hand-written server answering `echo` and a client calling it, on connections of their
+/// own: the baseline of `call-1`, `call-64` and the tail section.
+pub(crate) struct EchoRpc {
+    server_connection: Connection,
+    client_connection: Connection,
+    server: JoinHandle<()>,
+    client: RpcClient,
+    queue: String,
+    request: Request,
+}
+
+impl EchoRpc {
+    pub(crate) async fn start(env: &Env, wire: Wire) -> Result<Self> {
+        let server_connection = connect(env).await?;
+        let client_connection = connect(env).await?;
+        let queue = env.name("bare-call");
+        let server = rpc_server(&server_connection, &queue, wire).await?;
+        let client = RpcClient::start(&client_connection, wire).await?;
+        Ok(Self {
+            server_connection,
+            client_connection,
+            server,
+            client,
+            queue,
+            request: request("echo"),
+        })
+    }
+
+    /// One `echo` call, its reply decoded.
+    pub(crate) async fn call(&self) -> Result<()> {
+        self.client.call(&self.queue, &self.request).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.server.abort();
+        self.client.routing.abort();
+        close(&[&self.client_connection, &self.server_connection]).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

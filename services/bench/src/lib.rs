@@ -7,7 +7,9 @@
 //! A run: the memory section first (on a quiet process), then each scenario × codec, both
 //! sides in turn, for `rounds` rounds alternating which side goes first; the best round of each
 //! side is kept (lowest latency, highest throughput), which filters out the moments another
-//! process took the CPU. Every side of every round opens its own connections and queues.
+//! process took the CPU. Every side of every round opens its own connections and queues. After
+//! the scenarios, the tail section (`tail`) measures call latency percentiles under an open
+//! loop.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
@@ -16,6 +18,7 @@ mod baseline;
 mod harness;
 mod scenarios;
 pub mod store_scale;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -183,6 +186,8 @@ pub struct Report {
     pub load: (Option<f64>, Option<f64>),
     /// `store-scale/<store>`, when asked for.
     pub store_scale: Vec<store_scale::StoreScale>,
+    /// The tail section (open-loop call latency), one row per load; empty when skipped.
+    pub tail: Vec<tail::TailRow>,
 }
 
 impl Report {
@@ -254,6 +259,9 @@ impl Report {
                 );
             }
         }
+        if !self.tail.is_empty() {
+            self.tail_table(&mut out);
+        }
         if let Some(memory) = &self.memory {
             let mib = |kib: u64| kib as f64 / 1024.0;
             let _ = writeln!(out, "\nmemory (VmRSS of this process: client and server)");
@@ -292,8 +300,61 @@ impl Report {
         out
     }
 
+    /// The tail section's table: each side's percentiles at each load, and the p99 ratio.
+    fn tail_table(&self, out: &mut String) {
+        let max_rate = |side: fn(&tail::TailRow) -> Option<&tail::Percentiles>| {
+            self.tail
+                .first()
+                .and_then(side)
+                .map_or("-".to_owned(), |p| {
+                    format!("{:.0} calls/s", p.max_rate_per_s)
+                })
+        };
+        let _ = writeln!(
+            out,
+            "\ntail (call/json, open loop: latency in µs from each call's scheduled send; \
+             maximum sustained rate: tidings {}, baseline {})",
+            max_rate(|row| row.tidings.as_ref()),
+            max_rate(|row| row.baseline.as_ref()),
+        );
+        let _ = writeln!(
+            out,
+            "{:<6} {:>10} {:>8} {:>8} {:>8}   {:>10} {:>8} {:>8} {:>8}   {:>9}",
+            "load",
+            "tidings/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "baseline/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "p99 ratio"
+        );
+        let side = |p: &Option<tail::Percentiles>| match p {
+            Some(p) => format!(
+                "{:>10.0} {:>8} {:>8} {:>8}",
+                p.rate_per_s, p.p50_us, p.p99_us, p.p999_us
+            ),
+            None => format!("{:>10} {:>8} {:>8} {:>8}", "-", "-", "-", "-"),
+        };
+        for row in &self.tail {
+            let ratio = row
+                .p99_ratio
+                .map_or("-".to_owned(), |ratio| format!("{ratio:.2}"));
+            let _ = writeln!(
+                out,
+                "{:<6} {}   {}   {:>9}",
+                format!("{} %", row.load_percent),
+                side(&row.tidings),
+                side(&row.baseline),
+                ratio
+            );
+        }
+    }
+
     /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`
-    /// when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
+    /// and `tail` when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
     /// where unknown), since figures from a busy machine are read differently.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
@@ -317,6 +378,12 @@ impl Report {
             map.insert(
                 "memory".to_owned(),
                 serde_json::to_value(memory).unwrap_or_default(),
+            );
+        }
+        if !self.tail.is_empty() {
+            map.insert(
+                "tail".to_owned(),
+                serde_json::to_value(&self.tail).unwrap_or_default(),
             );
         }
         serde_json::Value::Object(map)
@@ -504,6 +571,15 @@ pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
         .collect()
 }
 
+/// Whether a section run only when named (`tail`, `agents`), or in a full run, is selected by
+/// `only`: when it is empty, or one of its prefixes starts the section's name.
+pub fn section_selected(only: &[String], section: &str) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|o| !o.is_empty() && section.starts_with(o.as_str()))
+}
+
 /// The stores of `store-scale` that `only` names (`store-scale` for both,
 /// `store-scale/sqlite` for one); none unless named, since it loads millions of samples.
 pub fn selected_stores(only: &[String]) -> Vec<&'static str> {
@@ -553,8 +629,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
 async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     let selected = selected(&config.only);
     let stores = selected_stores(&config.only);
-    // A run of store-scale alone leaves out the memory section too.
-    let memory = config.inflight > 0 && (stores.is_empty() || !selected.is_empty());
+    let tail = section_selected(&config.only, "tail");
+    // The memory section comes with the scenarios; a run of a section alone (store-scale,
+    // tail) leaves it out.
+    let memory = config.inflight > 0 && (config.only.is_empty() || !selected.is_empty());
+    let tail_sides = if config.side.is_some() { 1 } else { 2 };
     let rounds = config.rounds.max(1);
     let side_runs: usize = selected
         .iter()
@@ -566,7 +645,10 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
         })
         .sum();
     let mut progress = Progress {
-        total: side_runs * rounds + usize::from(memory) + stores.len(),
+        total: side_runs * rounds
+            + usize::from(memory)
+            + if tail { tail::steps(tail_sides) } else { 0 }
+            + stores.len(),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -615,6 +697,11 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
             ratio: tidings / baseline,
             unit: scenario.unit(),
         });
+    }
+    if tail {
+        report.tail = tail::run(env, config.side.as_deref(), &mut |what| progress.step(what))
+            .await
+            .map_err(|e| BenchError(format!("tail: {e}")))?;
     }
     for store in stores {
         progress.step(&format!("store-scale/{store}: {} samples", config.samples));

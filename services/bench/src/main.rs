@@ -29,7 +29,8 @@ struct BenchArgs {
     /// A short run (0.2 s per side, one round, 1000 calls in flight), for smoke tests.
     #[arg(long)]
     quick: bool,
-    /// Only scenarios whose name starts with this (repeatable), e.g. --only call-1 --only cast/json.
+    /// Only scenarios and sections whose name starts with this (repeatable), e.g.
+    /// --only call-1 --only cast/json, or --only tail for the open-loop latency section alone.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
     /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
@@ -37,7 +38,7 @@ struct BenchArgs {
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
     /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
-    /// "memory", "store-scale/<store>") as JSON to FILE.
+    /// "load_average", "memory", "tail", "store-scale/<store>") as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).

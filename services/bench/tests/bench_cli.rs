@@ -1,5 +1,6 @@
 //! `tidings-bench --quick` against the machine's RabbitMQ: the table has every scenario with
-//! both figures and a ratio, the JSON file has the same keys, and the memory section is there.
+//! both figures and a ratio, the JSON file has the same keys, and the memory and tail sections
+//! are there.
 //! No speed thresholds: figures on a shared CI machine say nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,8 +99,8 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     }
     assert_eq!(
         object.len(),
-        SCENARIOS.len() * 2 + 2,
-        "scenarios, memory and load_average"
+        SCENARIOS.len() * 2 + 3,
+        "scenarios, memory, load_average and tail"
     );
     for when in ["before", "after"] {
         let load = json["load_average"][when].as_f64().unwrap();
@@ -116,4 +117,30 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     let rounds = memory["inflight_kib"].as_array().unwrap().len();
     assert!(rounds >= 2, "{memory}");
     assert_eq!(memory["after_kib"].as_array().unwrap().len(), rounds);
+
+    // The tail section: three loads, both sides, percentiles in order.
+    assert!(stdout.contains("tail (call/json, open loop"), "{stdout}");
+    let tail = json["tail"].as_array().unwrap();
+    let loads: Vec<u64> = tail
+        .iter()
+        .map(|row| row["load_percent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(loads, [25, 50, 80]);
+    for row in tail {
+        assert!(row["rate_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        for side in ["tidings", "baseline"] {
+            let p = |key: &str| {
+                row[side][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{side}.{key} in {row}"))
+            };
+            assert!(p("p50_us") > 0, "{row}");
+            assert!(
+                p("p50_us") <= p("p99_us") && p("p99_us") <= p("p999_us"),
+                "{row}"
+            );
+        }
+        let ratio = row["p99_ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
 }
