@@ -359,17 +359,25 @@ pub(crate) fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
 }
 
+/// The resident set of another process (`VmRSS` of /proc/PID/status), in KiB; `None` when
+/// it cannot be read (the process is gone).
+pub(crate) fn process_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
 fn status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_status_kib("/proc/self/status", key).unwrap_or(0)
+}
+
+/// A `KEY:  N kB` line of a /proc status file.
+fn proc_status_kib(path: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    })
 }
 
 /// The 1-minute load average (/proc/loadavg), for the report's header.

@@ -9,11 +9,13 @@
 //! side is kept (lowest latency, highest throughput), which filters out the moments another
 //! process took the CPU. Every side of every round opens its own connections and queues. After
 //! the scenarios, the tail section (`tail`) measures call latency percentiles under an open
-//! loop.
+//! loop, and the agents section (`agents`) each idle metering agent's memory, on the `tidings`
+//! binary.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
 
+mod agents;
 mod baseline;
 mod harness;
 mod scenarios;
@@ -131,6 +133,8 @@ pub struct BenchConfig {
     pub samples: u64,
     /// The PostgreSQL server `store-scale/postgres` uses (a schema of its own, dropped after).
     pub postgres: String,
+    /// Whether the agents section may run (it needs the `tidings` binary next to this one).
+    pub agents: bool,
 }
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
@@ -188,6 +192,8 @@ pub struct Report {
     pub store_scale: Vec<store_scale::StoreScale>,
     /// The tail section (open-loop call latency), one row per load; empty when skipped.
     pub tail: Vec<tail::TailRow>,
+    /// The agents section: `(kind, VmRSS in KiB)` of each idle agent; empty when skipped.
+    pub agents: Vec<(String, u64)>,
 }
 
 impl Report {
@@ -261,6 +267,23 @@ impl Report {
         }
         if !self.tail.is_empty() {
             self.tail_table(&mut out);
+        }
+        if !self.agents.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nagents (VmRSS of `tidings meter KIND`, idle, 2 s after /health answered 200; \
+                 goal < {} MiB)",
+                agents::GOAL_MIB
+            );
+            for (kind, kib) in &self.agents {
+                let mib = *kib as f64 / 1024.0;
+                let verdict = if mib < agents::GOAL_MIB {
+                    "met"
+                } else {
+                    "over"
+                };
+                let _ = writeln!(out, "{kind:<34} {mib:>8.1} MiB  {verdict}");
+            }
         }
         if let Some(memory) = &self.memory {
             let mib = |kib: u64| kib as f64 / 1024.0;
@@ -353,8 +376,8 @@ impl Report {
         }
     }
 
-    /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`
-    /// and `tail` when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
+    /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`,
+    /// `tail` and `agents` (`{kind: rss_kib}`) when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
     /// where unknown), since figures from a busy machine are read differently.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
@@ -385,6 +408,14 @@ impl Report {
                 "tail".to_owned(),
                 serde_json::to_value(&self.tail).unwrap_or_default(),
             );
+        }
+        if !self.agents.is_empty() {
+            let agents = self
+                .agents
+                .iter()
+                .map(|(kind, kib)| (kind.clone(), serde_json::Value::from(*kib)))
+                .collect();
+            map.insert("agents".to_owned(), serde_json::Value::Object(agents));
         }
         serde_json::Value::Object(map)
     }
@@ -634,6 +665,12 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     // tail) leaves it out.
     let memory = config.inflight > 0 && (config.only.is_empty() || !selected.is_empty());
     let tail_sides = if config.side.is_some() { 1 } else { 2 };
+    // Found before anything runs, so that a missing binary fails at once, not minutes in.
+    let agents_binary = if config.agents && section_selected(&config.only, "agents") {
+        Some(agents::cli_binary()?)
+    } else {
+        None
+    };
     let rounds = config.rounds.max(1);
     let side_runs: usize = selected
         .iter()
@@ -648,6 +685,11 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
         total: side_runs * rounds
             + usize::from(memory)
             + if tail { tail::steps(tail_sides) } else { 0 }
+            + if agents_binary.is_some() {
+                agents::KINDS.len()
+            } else {
+                0
+            }
             + stores.len(),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
@@ -702,6 +744,9 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
         report.tail = tail::run(env, config.side.as_deref(), &mut |what| progress.step(what))
             .await
             .map_err(|e| BenchError(format!("tail: {e}")))?;
+    }
+    if let Some(binary) = &agents_binary {
+        report.agents = agents::run(env, binary, &mut |what| progress.step(what)).await?;
     }
     for store in stores {
         progress.step(&format!("store-scale/{store}: {} samples", config.samples));

@@ -30,7 +30,8 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only scenarios and sections whose name starts with this (repeatable), e.g.
-    /// --only call-1 --only cast/json, or --only tail for the open-loop latency section alone.
+    /// --only call-1 --only cast/json, or --only tail (open-loop latency) or --only agents
+    /// (each idle metering agent's memory) for one section alone.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
     /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
@@ -38,12 +39,15 @@ struct BenchArgs {
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
     /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
-    /// "load_average", "memory", "tail", "store-scale/<store>") as JSON to FILE.
+    /// "load_average", "memory", "tail", "agents", "store-scale/<store>") as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).
     #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_SAMPLES)]
     samples: u64,
+    /// Skip the agents section (it runs the tidings binary found next to this one).
+    #[arg(long)]
+    no_agents: bool,
     /// PostgreSQL server of store-scale/postgres (it makes and drops a schema of its own).
     #[arg(long, value_name = "URL", env = "TIDINGS_BENCH_POSTGRES", default_value = bench::DEFAULT_POSTGRES)]
     postgres: String,
@@ -85,6 +89,7 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         side: args.side,
         samples: args.samples.max(1),
         postgres: args.postgres,
+        agents: !args.no_agents,
     };
     if args.quick {
         config.duration = Duration::from_millis(200);

@@ -29,7 +29,7 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     ));
     // The default URL: the bench makes (and deletes) a private vhost for the run.
     let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args(["--quick", "--json"])
+        .args(["--quick", "--no-agents", "--json"])
         .arg(&json_path)
         .env_remove("TIDINGS_TRANSPORT_URL")
         .output()
@@ -143,4 +143,60 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         let ratio = row["p99_ratio"].as_f64().unwrap();
         assert!(ratio.is_finite() && ratio > 0.0, "{row}");
     }
+}
+
+/// `--only agents` runs the `tidings` binary beside this one: each idle agent's memory in the
+/// table and the JSON; without the binary, an error that says how to build it.
+#[test]
+fn agents_section_measures_each_agent_or_says_how_to_build_the_binary() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_tidings-bench"));
+    let cli = bench.with_file_name("tidings");
+    let json_path = std::env::temp_dir().join(format!(
+        "tidings-bench-agents-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let output = Command::new(bench)
+        .args(["--only", "agents", "--json"])
+        .arg(&json_path)
+        .env_remove("TIDINGS_TRANSPORT_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !cli.is_file() {
+        assert!(!output.status.success(), "{stdout}");
+        assert!(
+            stderr.contains("cargo build --release -p tidings-cli"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json_path);
+    // agents alone: no scenario, no memory or tail section.
+    assert_eq!(json.as_object().unwrap().len(), 2, "{json:#}");
+    let agents = json["agents"].as_object().unwrap();
+    for kind in [
+        "collector",
+        "evaluator",
+        "notifier",
+        "polling",
+        "notification",
+        "api",
+        "all-in-one",
+    ] {
+        let kib = agents[kind]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{kind} in {json:#}"));
+        assert!(kib > 1024, "{kind}: {kib} KiB");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(kind) && l.contains("MiB")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("goal < 20 MiB"), "{stdout}");
 }
