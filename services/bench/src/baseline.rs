@@ -7,7 +7,9 @@
 //!   requests with a prefetch of 64, replies, then acknowledges.
 //! - Publish/consume: publishes pipelined on a confirm channel (64 confirms outstanding), a
 //!   consumer with a prefetch acknowledging in batches (`multiple`), every 32 deliveries or
-//!   when no more are ready.
+//!   when no more are ready. tidings publishes with confirms, so this is the baseline its ratio
+//!   is taken against; [`run_unconfirmed`] measures the same publishes on a plain channel, the
+//!   ceiling without that guarantee, shown beside it for reference.
 //! - Ingest: the same notification bodies the collector gets, decoded with serde straight into
 //!   rows, inserted by a plain rusqlite thread in one transaction per batch, acknowledged after
 //!   the commit.
@@ -78,14 +80,39 @@ pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64
     match scenario {
         Scenario::Call1 => rpc(env, wire, false).await,
         Scenario::Call64 => rpc(env, wire, true).await,
-        Scenario::Cast => cast(env, wire, 1).await,
-        Scenario::Fanout3 => cast(env, wire, 3).await,
-        Scenario::NotifyBatch => notify_batch(env, wire).await,
+        Scenario::Cast => cast(env, wire, 1, Confirms::On).await,
+        Scenario::Fanout3 => cast(env, wire, 3, Confirms::On).await,
+        Scenario::NotifyBatch => notify_batch(env, wire, Confirms::On).await,
         Scenario::Ingest => ingest(env, wire, SAMPLES_PER_NOTIFICATION).await,
         // No agent by hand: the same samples straight into the store, one per notification,
         // is the ceiling the agent's extra hop is measured against.
         Scenario::MeterNotify | Scenario::MeterNotifyGrouped => ingest(env, wire, 1).await,
     }
+}
+
+/// Runs the publish/consume `scenario` (`cast`, `fanout-3`, `notify-batch`) with publishes on a
+/// plain channel, no confirms; an error for the other scenarios. A publish then only waits for its frame to
+/// be handed to the connection, so the figure shows what the confirms cost, not a like-for-like
+/// comparison with tidings (which confirms every publish).
+pub(crate) async fn run_unconfirmed(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64> {
+    match scenario {
+        Scenario::Cast => cast(env, wire, 1, Confirms::Off).await,
+        Scenario::Fanout3 => cast(env, wire, 3, Confirms::Off).await,
+        Scenario::NotifyBatch => notify_batch(env, wire, Confirms::Off).await,
+        _ => Err(BenchError(format!(
+            "{} has no unconfirmed baseline",
+            scenario.name()
+        ))),
+    }
+}
+
+/// Whether the publishing channel of a publish/consume baseline uses publisher confirms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Confirms {
+    /// A confirm channel, every publish awaiting its confirm: tidings' guarantee.
+    On,
+    /// A plain channel: nothing tells the publisher the broker took the message.
+    Off,
 }
 
 /// A lapin URI for the first host of `url`.
@@ -320,22 +347,51 @@ fn request(method: &str) -> Request {
 }
 
 async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
-    let server_connection = connect(env).await?;
-    let client_connection = connect(env).await?;
-    let queue = env.name("bare-call");
-    let server = rpc_server(&server_connection, &queue, wire).await?;
-    let client = RpcClient::start(&client_connection, wire).await?;
-    let request = request("echo");
-    let (client, queue, request) = (&client, queue.as_str(), &request);
-    let call = move || async move {
-        client.call(queue, request).await?;
-        Ok(())
-    };
-    let result = env.calls(concurrent, call).await;
-    server.abort();
-    client.routing.abort();
-    close(&[&client_connection, &server_connection]).await;
+    let echo = EchoRpc::start(env, wire).await?;
+    let result = env.calls(concurrent, || echo.call()).await;
+    echo.stop().await;
     result
+}
+
+/// The hand-written server answering `echo` and a client calling it, on connections of their
+/// own: the baseline of `call-1`, `call-64` and the tail section.
+pub(crate) struct EchoRpc {
+    server_connection: Connection,
+    client_connection: Connection,
+    server: JoinHandle<()>,
+    client: RpcClient,
+    queue: String,
+    request: Request,
+}
+
+impl EchoRpc {
+    pub(crate) async fn start(env: &Env, wire: Wire) -> Result<Self> {
+        let server_connection = connect(env).await?;
+        let client_connection = connect(env).await?;
+        let queue = env.name("bare-call");
+        let server = rpc_server(&server_connection, &queue, wire).await?;
+        let client = RpcClient::start(&client_connection, wire).await?;
+        Ok(Self {
+            server_connection,
+            client_connection,
+            server,
+            client,
+            queue,
+            request: request("echo"),
+        })
+    }
+
+    /// One `echo` call, its reply decoded.
+    pub(crate) async fn call(&self) -> Result<()> {
+        self.client.call(&self.queue, &self.request).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.server.abort();
+        self.client.routing.abort();
+        close(&[&self.client_connection, &self.server_connection]).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,10 +399,17 @@ async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
 
 /// A publishing channel with confirms.
 async fn confirm_channel(connection: &Connection) -> Result<Channel> {
+    publishing_channel(connection, Confirms::On).await
+}
+
+/// A publishing channel, in confirm mode when `confirms` says so.
+async fn publishing_channel(connection: &Connection, confirms: Confirms) -> Result<Channel> {
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    if confirms == Confirms::On {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
     Ok(channel)
 }
 
@@ -358,6 +421,19 @@ async fn publish_confirmed(
     body: &[u8],
     wire: Wire,
 ) -> Result<()> {
+    publish(channel, exchange, routing_key, body, wire, Confirms::On).await
+}
+
+/// Publishes one body; with confirms, waits for its confirm, otherwise only until lapin has
+/// taken the frame (on a plain channel the confirm future resolves at once, so it is dropped).
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    wire: Wire,
+    confirms: Confirms,
+) -> Result<()> {
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -366,9 +442,11 @@ async fn publish_confirmed(
             body,
             properties(wire),
         )
-        .await?
         .await?;
-    if confirm.is_nack() {
+    if confirms == Confirms::Off {
+        return Ok(());
+    }
+    if confirm.await?.is_nack() {
         return Err(BenchError("negative publisher confirm".into()));
     }
     Ok(())
@@ -419,8 +497,8 @@ fn counting_consumer<T: serde::de::DeserializeOwned>(
 }
 
 /// `cast` (one queue) or `fanout-3` (a fanout exchange and `copies` queues, each consumed on a
-/// connection of its own).
-async fn cast(env: &Env, wire: Wire, copies: u64) -> Result<f64> {
+/// connection of its own), publishing with or without `confirms`.
+async fn cast(env: &Env, wire: Wire, copies: u64, confirms: Confirms) -> Result<f64> {
     let tally = Arc::new(Tally::default());
     let publisher = connect(env).await?;
     let mut consumers = Vec::new();
@@ -489,14 +567,14 @@ async fn cast(env: &Env, wire: Wire, copies: u64) -> Result<f64> {
         }
         (exchange, String::new())
     };
-    let channel = confirm_channel(&publisher).await?;
+    let channel = publishing_channel(&publisher, confirms).await?;
     let request = request("note");
     let (channel, request, exchange, routing_key) = (&channel, &request, &exchange, &routing_key);
-    let publish = move |_| async move {
+    let send = move |_| async move {
         let body = wire.encode(request)?;
-        publish_confirmed(channel, exchange, routing_key, &body, wire).await
+        publish(channel, exchange, routing_key, &body, wire, confirms).await
     };
-    let result = env.pump(copies, &tally, publish).await;
+    let result = env.pump(copies, &tally, send).await;
     for task in tasks {
         task.abort();
     }
@@ -538,9 +616,9 @@ async fn next_batch(consumer: &mut Consumer) -> Option<Vec<lapin::message::Deliv
     Some(batch)
 }
 
-/// `notify-batch`: confirmed publishes; the listener takes batches, decodes each message and
-/// acknowledges the batch at once.
-async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
+/// `notify-batch`: publishes (confirmed unless told otherwise); the listener takes batches,
+/// decodes each message and acknowledges the batch at once.
+async fn notify_batch(env: &Env, wire: Wire, confirms: Confirms) -> Result<f64> {
     let tally = Arc::new(Tally::default());
     let publisher = connect(env).await?;
     let listener = connect(env).await?;
@@ -561,13 +639,13 @@ async fn notify_batch(env: &Env, wire: Wire) -> Result<f64> {
             counted.add(decoded as u64);
         }
     });
-    let sender = confirm_channel(&publisher).await?;
+    let sender = publishing_channel(&publisher, confirms).await?;
     let (sender, queue) = (&sender, queue.as_str());
-    let publish = move |_| async move {
+    let send = move |_| async move {
         let body = wire.encode(&notification(harness::payload()))?;
-        publish_confirmed(sender, EXCHANGE, queue, &body, wire).await
+        publish(sender, EXCHANGE, queue, &body, wire, confirms).await
     };
-    let result = env.pump(1, &tally, publish).await;
+    let result = env.pump(1, &tally, send).await;
     task.abort();
     close(&[&publisher, &listener]).await;
     result

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -271,6 +272,83 @@ where
     .await
 }
 
+/// The longest latency the tail histograms hold, in µs: past every call's 30 s timeout.
+const HIGHEST_LATENCY_US: u64 = 60_000_000;
+
+/// Calls the open loop keeps in flight at most. Beyond, a due send waits for a reply; its
+/// latency still runs from its scheduled time, so the wait is measured, not hidden.
+const OPEN_LOOP_IN_FLIGHT: usize = 4_096;
+
+/// Runs `call()` at `rate` per second for `duration` on a fixed schedule, whatever the replies
+/// do (an open loop), then waits for the calls still out; returns each call's latency in µs,
+/// counted from its *scheduled* send time so that a stall counts for every call it held back
+/// (no coordinated omission).
+///
+/// The schedule comes from a thread of its own sleeping until each send time: the runtime's
+/// timer has a granularity of one millisecond, which would add up to that much to every
+/// latency; a thread's sleep wakes within tens of µs.
+pub(crate) async fn open_loop<F, Fut>(
+    rate: f64,
+    duration: Duration,
+    mut call: F,
+) -> Result<Histogram<u64>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, HIGHEST_LATENCY_US, 3)
+        .map_err(|e| BenchError(format!("latency histogram: {e}")))?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(BenchError(format!("cannot send at {rate} calls/s")));
+    }
+    let sends = (duration.as_secs_f64() * rate).ceil().max(1.0) as u64;
+    let (due, mut schedule) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+    let start = std::time::Instant::now();
+    // Ends after the last send, or at the first send after the receiver is gone (an error).
+    std::thread::Builder::new()
+        .name("open-loop-pacer".into())
+        .spawn(move || {
+            for i in 0..sends {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                let now = std::time::Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                if due.send(at).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let mut in_flight = FuturesUnordered::new();
+    let mut scheduling = true;
+    loop {
+        tokio::select! {
+            // Replies first, so each is stamped as soon as it is seen.
+            biased;
+            Some((scheduled, done, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let () = result?;
+                let latency: Duration = done - scheduled;
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                histogram.saturating_record(micros.max(1));
+            }
+            next = schedule.recv(), if scheduling && in_flight.len() < OPEN_LOOP_IN_FLIGHT => {
+                match next {
+                    Some(scheduled) => {
+                        let sent = call();
+                        in_flight.push(async move {
+                            let result = sent.await;
+                            (scheduled, std::time::Instant::now(), result)
+                        });
+                    }
+                    None => scheduling = false,
+                }
+            }
+            else => break,
+        }
+    }
+    Ok(histogram)
+}
+
 /// The resident set of this process (`VmRSS` of /proc/self/status), in KiB.
 pub(crate) fn rss_kib() -> u64 {
     status_kib("VmRSS:")
@@ -281,17 +359,25 @@ pub(crate) fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
 }
 
+/// The resident set of another process (`VmRSS` of /proc/PID/status), in KiB; `None` when
+/// it cannot be read (the process is gone).
+pub(crate) fn process_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
 fn status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_status_kib("/proc/self/status", key).unwrap_or(0)
+}
+
+/// A `KEY:  N kB` line of a /proc status file.
+fn proc_status_kib(path: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    })
 }
 
 /// The 1-minute load average (/proc/loadavg), for the report's header.

@@ -7,15 +7,20 @@
 //! A run: the memory section first (on a quiet process), then each scenario × codec, both
 //! sides in turn, for `rounds` rounds alternating which side goes first; the best round of each
 //! side is kept (lowest latency, highest throughput), which filters out the moments another
-//! process took the CPU. Every side of every round opens its own connections and queues.
+//! process took the CPU. Every side of every round opens its own connections and queues. After
+//! the scenarios, the tail section (`tail`) measures call latency percentiles under an open
+//! loop, and the agents section (`agents`) each idle metering agent's memory, on the `tidings`
+//! binary.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
 
+mod agents;
 mod baseline;
 mod harness;
 mod scenarios;
 pub mod store_scale;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,6 +102,16 @@ impl Scenario {
     pub fn lower_is_better(self) -> bool {
         matches!(self, Scenario::Call1)
     }
+
+    /// Whether the baseline also runs without publisher confirms. Only the publish/consume
+    /// scenarios have such a variant: there the confirms are most of what a publish waits for,
+    /// and the table shows how far above the same-guarantee baseline an unsafe one goes.
+    pub fn has_unconfirmed_baseline(self) -> bool {
+        matches!(
+            self,
+            Scenario::Cast | Scenario::Fanout3 | Scenario::NotifyBatch
+        )
+    }
 }
 
 /// How to run.
@@ -118,6 +133,8 @@ pub struct BenchConfig {
     pub samples: u64,
     /// The PostgreSQL server `store-scale/postgres` uses (a schema of its own, dropped after).
     pub postgres: String,
+    /// Whether the agents section may run (it needs the `tidings` binary next to this one).
+    pub agents: bool,
 }
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
@@ -134,9 +151,14 @@ pub struct Row {
     pub scenario: String,
     /// The figure through tidings.
     pub tidings: f64,
-    /// The figure of the bare-lapin baseline.
+    /// The figure of the bare-lapin baseline, with the same delivery guarantee as tidings
+    /// (confirmed publishes where tidings confirms).
     pub baseline: f64,
-    /// tidings ÷ baseline.
+    /// The bare-lapin baseline publishing without confirms (`cast`, `fanout-3`,
+    /// `notify-batch`): for reference only, since it gives up what tidings guarantees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_unconfirmed: Option<f64>,
+    /// tidings ÷ baseline: always against the same-guarantee baseline, never the unconfirmed.
     pub ratio: f64,
     /// The unit of both figures.
     pub unit: &'static str,
@@ -168,6 +190,10 @@ pub struct Report {
     pub load: (Option<f64>, Option<f64>),
     /// `store-scale/<store>`, when asked for.
     pub store_scale: Vec<store_scale::StoreScale>,
+    /// The tail section (open-loop call latency), one row per load; empty when skipped.
+    pub tail: Vec<tail::TailRow>,
+    /// The agents section: `(kind, VmRSS in KiB)` of each idle agent; empty when skipped.
+    pub agents: Vec<(String, u64)>,
 }
 
 impl Report {
@@ -186,19 +212,26 @@ impl Report {
         if !self.rows.is_empty() {
             let _ = writeln!(
                 out,
-                "ratio = tidings ÷ baseline (bare lapin): lower is better for latency (µs/call), \
-                 higher is better for throughput (/s)"
+                "ratio = tidings ÷ baseline (bare lapin, same guarantee: confirmed publishes): \
+                 lower is better for latency (µs/call), higher is better for throughput (/s)"
             );
             let _ = writeln!(
                 out,
-                "{:<22} {:>12} {:>12}  {:<17} {:>6}",
-                "scenario", "tidings", "baseline", "unit", "ratio"
+                "unconfirmed = bare lapin publishing without confirms, for reference (not in the ratio)"
+            );
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>12} {:>12}  {:<17} {:>6}",
+                "scenario", "tidings", "baseline", "unconfirmed", "unit", "ratio"
             );
             for row in &self.rows {
+                let unconfirmed = row
+                    .baseline_unconfirmed
+                    .map_or("-".to_owned(), |figure| format!("{figure:.1}"));
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>12.1} {:>12.1}  {:<17} {:>6.2}",
-                    row.scenario, row.tidings, row.baseline, row.unit, row.ratio
+                    "{:<22} {:>12.1} {:>12.1} {:>12}  {:<17} {:>6.2}",
+                    row.scenario, row.tidings, row.baseline, unconfirmed, row.unit, row.ratio
                 );
             }
         }
@@ -230,6 +263,26 @@ impl Report {
                     s.bytes_per_sample,
                     s.bytes_after_expiry
                 );
+            }
+        }
+        if !self.tail.is_empty() {
+            self.tail_table(&mut out);
+        }
+        if !self.agents.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nagents (VmRSS of `tidings meter KIND`, idle, 2 s after /health answered 200; \
+                 goal < {} MiB)",
+                agents::GOAL_MIB
+            );
+            for (kind, kib) in &self.agents {
+                let mib = *kib as f64 / 1024.0;
+                let verdict = if mib < agents::GOAL_MIB {
+                    "met"
+                } else {
+                    "over"
+                };
+                let _ = writeln!(out, "{kind:<34} {mib:>8.1} MiB  {verdict}");
             }
         }
         if let Some(memory) = &self.memory {
@@ -270,9 +323,68 @@ impl Report {
         out
     }
 
-    /// `{scenario: {tidings, baseline, ratio, unit}}`, plus `memory` when measured.
+    /// The tail section's table: each side's percentiles at each load, and the p99 ratio.
+    fn tail_table(&self, out: &mut String) {
+        let max_rate = |side: fn(&tail::TailRow) -> Option<&tail::Percentiles>| {
+            self.tail
+                .first()
+                .and_then(side)
+                .map_or("-".to_owned(), |p| {
+                    format!("{:.0} calls/s", p.max_rate_per_s)
+                })
+        };
+        let _ = writeln!(
+            out,
+            "\ntail (call/json, open loop: latency in µs from each call's scheduled send; \
+             maximum sustained rate: tidings {}, baseline {})",
+            max_rate(|row| row.tidings.as_ref()),
+            max_rate(|row| row.baseline.as_ref()),
+        );
+        let _ = writeln!(
+            out,
+            "{:<6} {:>10} {:>8} {:>8} {:>8}   {:>10} {:>8} {:>8} {:>8}   {:>9}",
+            "load",
+            "tidings/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "baseline/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "p99 ratio"
+        );
+        let side = |p: &Option<tail::Percentiles>| match p {
+            Some(p) => format!(
+                "{:>10.0} {:>8} {:>8} {:>8}",
+                p.rate_per_s, p.p50_us, p.p99_us, p.p999_us
+            ),
+            None => format!("{:>10} {:>8} {:>8} {:>8}", "-", "-", "-", "-"),
+        };
+        for row in &self.tail {
+            let ratio = row
+                .p99_ratio
+                .map_or("-".to_owned(), |ratio| format!("{ratio:.2}"));
+            let _ = writeln!(
+                out,
+                "{:<6} {}   {}   {:>9}",
+                format!("{} %", row.load_percent),
+                side(&row.tidings),
+                side(&row.baseline),
+                ratio
+            );
+        }
+    }
+
+    /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`,
+    /// `tail` and `agents` (`{kind: rss_kib}`) when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
+    /// where unknown), since figures from a busy machine are read differently.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
+        map.insert(
+            "load_average".to_owned(),
+            serde_json::json!({ "before": self.load.0, "after": self.load.1 }),
+        );
         for row in &self.rows {
             map.insert(
                 row.scenario.clone(),
@@ -290,6 +402,20 @@ impl Report {
                 "memory".to_owned(),
                 serde_json::to_value(memory).unwrap_or_default(),
             );
+        }
+        if !self.tail.is_empty() {
+            map.insert(
+                "tail".to_owned(),
+                serde_json::to_value(&self.tail).unwrap_or_default(),
+            );
+        }
+        if !self.agents.is_empty() {
+            let agents = self
+                .agents
+                .iter()
+                .map(|(kind, kib)| (kind.clone(), serde_json::Value::from(*kib)))
+                .collect();
+            map.insert("agents".to_owned(), serde_json::Value::Object(agents));
         }
         serde_json::Value::Object(map)
     }
@@ -422,6 +548,47 @@ impl Progress {
     }
 }
 
+/// Who runs one side of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    /// Through tidings.
+    Tidings,
+    /// Bare lapin with tidings' guarantee: the denominator of the ratio.
+    Baseline,
+    /// Bare lapin publishing without confirms (publish/consume scenarios only).
+    Unconfirmed,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Tidings => "tidings",
+            Side::Baseline => "baseline",
+            Side::Unconfirmed => "baseline unconfirmed",
+        }
+    }
+
+    /// Whether `--side` lets this side run: `baseline` covers both bare-lapin sides.
+    fn selected(self, only: Option<&str>) -> bool {
+        match only {
+            None => true,
+            Some(only) => match self {
+                Side::Tidings => only == "tidings",
+                Side::Baseline | Side::Unconfirmed => only == "baseline",
+            },
+        }
+    }
+}
+
+/// The sides of `scenario`, in the order of its first round.
+fn sides(scenario: Scenario) -> &'static [Side] {
+    if scenario.has_unconfirmed_baseline() {
+        &[Side::Tidings, Side::Baseline, Side::Unconfirmed]
+    } else {
+        &[Side::Tidings, Side::Baseline]
+    }
+}
+
 /// The scenario × codec pairs selected by `only`. Ingest runs in both codecs too: the
 /// collector accepts both.
 pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
@@ -433,6 +600,15 @@ pub fn selected(only: &[String]) -> Vec<(Scenario, Wire)> {
             only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()))
         })
         .collect()
+}
+
+/// Whether a section run only when named (`tail`, `agents`), or in a full run, is selected by
+/// `only`: when it is empty, or one of its prefixes starts the section's name.
+pub fn section_selected(only: &[String], section: &str) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|o| !o.is_empty() && section.starts_with(o.as_str()))
 }
 
 /// The stores of `store-scale` that `only` names (`store-scale` for both,
@@ -484,12 +660,36 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
 async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     let selected = selected(&config.only);
     let stores = selected_stores(&config.only);
-    // A run of store-scale alone leaves out the memory section too.
-    let memory = config.inflight > 0 && (stores.is_empty() || !selected.is_empty());
+    let tail = section_selected(&config.only, "tail");
+    // The memory section comes with the scenarios; a run of a section alone (store-scale,
+    // tail) leaves it out.
+    let memory = config.inflight > 0 && (config.only.is_empty() || !selected.is_empty());
+    let tail_sides = if config.side.is_some() { 1 } else { 2 };
+    // Found before anything runs, so that a missing binary fails at once, not minutes in.
+    let agents_binary = if config.agents && section_selected(&config.only, "agents") {
+        Some(agents::cli_binary()?)
+    } else {
+        None
+    };
     let rounds = config.rounds.max(1);
+    let side_runs: usize = selected
+        .iter()
+        .map(|(scenario, _)| {
+            sides(*scenario)
+                .iter()
+                .filter(|side| side.selected(config.side.as_deref()))
+                .count()
+        })
+        .sum();
     let mut progress = Progress {
-        total: selected.len() * rounds * if config.side.is_some() { 1 } else { 2 }
+        total: side_runs * rounds
             + usize::from(memory)
+            + if tail { tail::steps(tail_sides) } else { 0 }
+            + if agents_binary.is_some() {
+                agents::KINDS.len()
+            } else {
+                0
+            }
             + stores.len(),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
@@ -504,24 +704,22 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     }
     for (scenario, wire) in selected {
         let name = format!("{}/{}", scenario.name(), wire.name());
-        let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut best: BTreeMap<Side, f64> = BTreeMap::new();
+        let sides = sides(scenario);
         for round in 0..rounds {
-            // Alternate which side goes first, so neither always gets the warmer machine.
-            let sides = if round % 2 == 0 {
-                ["tidings", "baseline"]
-            } else {
-                ["baseline", "tidings"]
-            };
-            for side in sides {
-                if config.side.as_deref().is_some_and(|only| only != side) {
+            // Rotate which side goes first, so none always gets the warmer machine.
+            for offset in 0..sides.len() {
+                let side = sides[(round + offset) % sides.len()];
+                if !side.selected(config.side.as_deref()) {
                     continue;
                 }
-                progress.step(&format!("{name}: {side} (round {})", round + 1));
+                progress.step(&format!("{name}: {} (round {})", side.name(), round + 1));
                 let figure = match side {
-                    "tidings" => scenarios::run(env, scenario, wire).await,
-                    _ => baseline::run(env, scenario, wire).await,
+                    Side::Tidings => scenarios::run(env, scenario, wire).await,
+                    Side::Baseline => baseline::run(env, scenario, wire).await,
+                    Side::Unconfirmed => baseline::run_unconfirmed(env, scenario, wire).await,
                 }
-                .map_err(|e| BenchError(format!("{name} ({side}): {e}")))?;
+                .map_err(|e| BenchError(format!("{name} ({}): {e}", side.name())))?;
                 let kept = best.entry(side).or_insert(figure);
                 *kept = if scenario.lower_is_better() {
                     kept.min(figure)
@@ -530,15 +728,25 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
                 };
             }
         }
-        let tidings = best.get("tidings").copied().unwrap_or(f64::NAN);
-        let baseline = best.get("baseline").copied().unwrap_or(f64::NAN);
+        let figure = |side| best.get(&side).copied();
+        let tidings = figure(Side::Tidings).unwrap_or(f64::NAN);
+        let baseline = figure(Side::Baseline).unwrap_or(f64::NAN);
         report.rows.push(Row {
             scenario: name,
             tidings,
             baseline,
+            baseline_unconfirmed: figure(Side::Unconfirmed),
             ratio: tidings / baseline,
             unit: scenario.unit(),
         });
+    }
+    if tail {
+        report.tail = tail::run(env, config.side.as_deref(), &mut |what| progress.step(what))
+            .await
+            .map_err(|e| BenchError(format!("tail: {e}")))?;
+    }
+    if let Some(binary) = &agents_binary {
+        report.agents = agents::run(env, binary, &mut |what| progress.step(what)).await?;
     }
     for store in stores {
         progress.step(&format!("store-scale/{store}: {} samples", config.samples));

@@ -33,19 +33,25 @@ struct BenchArgs {
     /// A short run (0.2 s per side, one round, 1000 calls in flight), for smoke tests.
     #[arg(long)]
     quick: bool,
-    /// Only scenarios whose name starts with this (repeatable), e.g. --only call-1 --only cast/json.
+    /// Only scenarios and sections whose name starts with this (repeatable), e.g.
+    /// --only call-1 --only cast/json, or --only tail (open-loop latency) or --only agents
+    /// (each idle metering agent's memory) for one section alone.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
-    /// Run one side only (tidings or baseline), e.g. under a profiler; ratios need both.
+    /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
+    /// ratios need both.
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
-    /// Also write {scenario: {tidings, baseline, ratio, unit}} (and "memory",
-    /// "store-scale/<store>") as JSON to FILE.
+    /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
+    /// "load_average", "memory", "tail", "agents", "store-scale/<store>") as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).
     #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_SAMPLES)]
     samples: u64,
+    /// Skip the agents section (it runs the tidings binary found next to this one).
+    #[arg(long)]
+    no_agents: bool,
     /// PostgreSQL server of store-scale/postgres (it makes and drops a schema of its own).
     #[arg(long, value_name = "URL", env = "TIDINGS_BENCH_POSTGRES", default_value = bench::DEFAULT_POSTGRES)]
     postgres: String,
@@ -87,6 +93,7 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         side: args.side,
         samples: args.samples.max(1),
         postgres: args.postgres,
+        agents: !args.no_agents,
     };
     if args.quick {
         config.duration = Duration::from_millis(200);

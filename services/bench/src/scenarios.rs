@@ -81,27 +81,55 @@ fn arguments() -> Value {
 
 /// `call-1` (latency, one call at a time) and `call-64` (throughput, 64 in flight).
 async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
-    let server_transport = transport(env, wire).await?;
-    let client_transport = transport(env, wire).await?;
-    let topic = env.name("call");
-    let server = RpcServer::builder(&server_transport, Target::topic(&topic))
-        .endpoint(Endpoint::new().method("echo", echo))
-        .start()
-        .await?;
-    let client =
-        RpcClient::new(&client_transport, Target::topic(&topic)).timeout(Duration::from_secs(30));
-    let context = Context::from(harness::context());
-    let args = arguments();
-    let (client, context, args) = (&client, &context, &args);
-    let call = move || async move {
-        let _: Value = client.call(context, "echo", args).await?;
-        Ok(())
-    };
-    let result = env.calls(concurrent, call).await;
-    server.stop(STOP).await;
-    client_transport.close().await;
-    server_transport.close().await;
+    let echo = EchoRpc::start(env, wire).await?;
+    let result = env.calls(concurrent, || echo.call()).await;
+    echo.stop().await;
     result
+}
+
+/// An RPC server with an `echo` method and a client calling it, on transports of their own:
+/// the tidings side of `call-1`, `call-64` and the tail section.
+pub(crate) struct EchoRpc {
+    server_transport: Transport,
+    client_transport: Transport,
+    server: RpcServer,
+    client: RpcClient,
+    context: Context,
+    args: Value,
+}
+
+impl EchoRpc {
+    pub(crate) async fn start(env: &Env, wire: Wire) -> Result<Self> {
+        let server_transport = transport(env, wire).await?;
+        let client_transport = transport(env, wire).await?;
+        let topic = env.name("call");
+        let server = RpcServer::builder(&server_transport, Target::topic(&topic))
+            .endpoint(Endpoint::new().method("echo", echo))
+            .start()
+            .await?;
+        let client = RpcClient::new(&client_transport, Target::topic(&topic))
+            .timeout(Duration::from_secs(30));
+        Ok(Self {
+            server_transport,
+            client_transport,
+            server,
+            client,
+            context: Context::from(harness::context()),
+            args: arguments(),
+        })
+    }
+
+    /// One `echo` call, its reply decoded.
+    pub(crate) async fn call(&self) -> Result<()> {
+        let _: Value = self.client.call(&self.context, "echo", &self.args).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.server.stop(STOP).await;
+        self.client_transport.close().await;
+        self.server_transport.close().await;
+    }
 }
 
 /// `cast` (one server) and `fanout-3` (three servers, each on a transport of its own; every

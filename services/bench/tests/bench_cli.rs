@@ -1,10 +1,14 @@
 //! `tidings-bench --quick` against the machine's RabbitMQ: the table has every scenario with
-//! both figures and a ratio, the JSON file has the same keys, and the memory section is there.
+//! both figures and a ratio, the JSON file has the same keys, and the memory and tail sections
+//! are there.
 //! No speed thresholds: figures on a shared CI machine say nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+
+/// Scenarios whose baseline also runs without publisher confirms.
+const UNCONFIRMED: [&str; 3] = ["cast", "fanout-3", "notify-batch"];
 
 const SCENARIOS: [&str; 8] = [
     "call-1",
@@ -25,7 +29,7 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     ));
     // The default URL: the bench makes (and deletes) a private vhost for the run.
     let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args(["--quick", "--json"])
+        .args(["--quick", "--no-agents", "--json"])
         .arg(&json_path)
         .env_remove("TIDINGS_TRANSPORT_URL")
         .output()
@@ -40,7 +44,7 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         .lines()
         .find(|l| l.starts_with("scenario"))
         .expect("a header line");
-    for column in ["tidings", "baseline", "unit", "ratio"] {
+    for column in ["tidings", "baseline", "unconfirmed", "unit", "ratio"] {
         assert!(header.contains(column), "{header}");
     }
     assert!(stdout.contains("lower is better") && stdout.contains("higher is better"));
@@ -52,16 +56,24 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     for scenario in SCENARIOS {
         for codec in ["json", "msgpack"] {
             let name = format!("{scenario}/{codec}");
-            // A table row: name, two figures, a unit (one or more words), a ratio.
+            // A table row: name, two figures, the unconfirmed figure or `-`, a unit (one or
+            // more words), a ratio.
             let row = stdout
                 .lines()
                 .find(|l| l.split_whitespace().next() == Some(name.as_str()))
                 .unwrap_or_else(|| panic!("no row for {name} in\n{stdout}"));
             let fields: Vec<&str> = row.split_whitespace().collect();
-            assert!(fields.len() >= 5, "{row}");
+            assert!(fields.len() >= 6, "{row}");
             for figure in [fields[1], fields[2], fields[fields.len() - 1]] {
                 let n: f64 = figure.parse().unwrap_or_else(|_| panic!("{row}"));
                 assert!(n.is_finite() && n > 0.0, "{row}");
+            }
+            let unconfirmed = UNCONFIRMED.contains(&scenario);
+            if unconfirmed {
+                let n: f64 = fields[3].parse().unwrap_or_else(|_| panic!("{row}"));
+                assert!(n.is_finite() && n > 0.0, "{row}");
+            } else {
+                assert_eq!(fields[3], "-", "{row}");
             }
             let entry = object
                 .get(&name)
@@ -73,15 +85,30 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
                 assert!(n.is_finite() && n > 0.0, "{name}.{key} = {n}");
             }
             assert!(entry["unit"].is_string(), "{name}.unit");
+            // Present exactly where the unconfirmed baseline runs; never in the ratio.
+            assert_eq!(
+                entry["baseline_unconfirmed"]
+                    .as_f64()
+                    .is_some_and(|n| n > 0.0),
+                unconfirmed,
+                "{name}.baseline_unconfirmed"
+            );
             let ratio = entry["tidings"].as_f64().unwrap() / entry["baseline"].as_f64().unwrap();
             assert!((ratio - entry["ratio"].as_f64().unwrap()).abs() < 1e-9);
         }
     }
     assert_eq!(
         object.len(),
-        SCENARIOS.len() * 2 + 1,
-        "scenarios and memory"
+        SCENARIOS.len() * 2 + 3,
+        "scenarios, memory, load_average and tail"
     );
+    for when in ["before", "after"] {
+        let load = json["load_average"][when].as_f64().unwrap();
+        assert!(
+            load.is_finite() && load >= 0.0,
+            "load_average.{when} = {load}"
+        );
+    }
 
     // The memory section: idle, then in flight and after, round by round.
     assert!(stdout.contains("memory (VmRSS"), "{stdout}");
@@ -90,4 +117,86 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     let rounds = memory["inflight_kib"].as_array().unwrap().len();
     assert!(rounds >= 2, "{memory}");
     assert_eq!(memory["after_kib"].as_array().unwrap().len(), rounds);
+
+    // The tail section: three loads, both sides, percentiles in order.
+    assert!(stdout.contains("tail (call/json, open loop"), "{stdout}");
+    let tail = json["tail"].as_array().unwrap();
+    let loads: Vec<u64> = tail
+        .iter()
+        .map(|row| row["load_percent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(loads, [25, 50, 80]);
+    for row in tail {
+        assert!(row["rate_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        for side in ["tidings", "baseline"] {
+            let p = |key: &str| {
+                row[side][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{side}.{key} in {row}"))
+            };
+            assert!(p("p50_us") > 0, "{row}");
+            assert!(
+                p("p50_us") <= p("p99_us") && p("p99_us") <= p("p999_us"),
+                "{row}"
+            );
+        }
+        let ratio = row["p99_ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
+}
+
+/// `--only agents` runs the `tidings` binary beside this one: each idle agent's memory in the
+/// table and the JSON; without the binary, an error that says how to build it.
+#[test]
+fn agents_section_measures_each_agent_or_says_how_to_build_the_binary() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_tidings-bench"));
+    let cli = bench.with_file_name("tidings");
+    let json_path = std::env::temp_dir().join(format!(
+        "tidings-bench-agents-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let output = Command::new(bench)
+        .args(["--only", "agents", "--json"])
+        .arg(&json_path)
+        .env_remove("TIDINGS_TRANSPORT_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !cli.is_file() {
+        assert!(!output.status.success(), "{stdout}");
+        assert!(
+            stderr.contains("cargo build --release -p tidings-cli"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json_path);
+    // agents alone: no scenario, no memory or tail section.
+    assert_eq!(json.as_object().unwrap().len(), 2, "{json:#}");
+    let agents = json["agents"].as_object().unwrap();
+    for kind in [
+        "collector",
+        "evaluator",
+        "notifier",
+        "polling",
+        "notification",
+        "api",
+        "all-in-one",
+    ] {
+        let kib = agents[kind]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{kind} in {json:#}"));
+        assert!(kib > 1024, "{kind}: {kib} KiB");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(kind) && l.contains("MiB")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("goal < 20 MiB"), "{stdout}");
 }

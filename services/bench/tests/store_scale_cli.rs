@@ -36,8 +36,10 @@ fn store_scale_loads_measures_and_expires_both_stores() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json_path);
-    // store-scale alone: no other scenario, no memory section.
-    assert_eq!(json.as_object().unwrap().len(), 2, "{json:#}");
+    // store-scale alone: no other scenario, no memory section; the load average is always there.
+    assert_eq!(json.as_object().unwrap().len(), 3, "{json:#}");
+    assert!(json["load_average"]["before"].is_number(), "{json:#}");
+    assert!(json["load_average"]["after"].is_number(), "{json:#}");
     for store in ["sqlite", "postgres"] {
         let entry = &json[format!("store-scale/{store}")];
         for key in KEYS {
