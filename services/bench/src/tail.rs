@@ -8,7 +8,7 @@
 //! from that scheduled time: a stall counts for every call it delayed.
 //!
 //! Each side first measures its own maximum sustained rate (64 calls in flight, as
-//! `call-64/json`), then runs at [`LOAD_PERCENTS`] of that maximum, so both are compared at the
+//! `call-64/json`), then runs at `LOAD_PERCENTS` of that maximum, so both are compared at the
 //! same share of their own capacity. Loads alternate between the sides, which keeps them close
 //! in time on a shared machine.
 
