@@ -263,6 +263,38 @@ pub async fn mandatory_call_fails_fast_when_no_queue_exists(bus: Bus) {
     );
 }
 
+/// Mandatory requests published side by side, to a server that exists and to one that does
+/// not: each learns its own fate, never the other's return.
+pub async fn concurrent_mandatory_calls_each_learn_their_own_fate(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let mandatory = |server: &str| {
+        client(&transport)
+            .server(server)
+            .mandatory(true)
+            .timeout(Duration::from_secs(10))
+    };
+    let (present, absent) = (mandatory("s1"), mandatory("nobody"));
+    for _ in 0..20 {
+        let calls = (0..4).map(|_| {
+            let (present, absent) = (&present, &absent);
+            async move {
+                let context = Context::new();
+                tokio::join!(
+                    present.call::<String>(&context, "echo", json!({"x": "here"})),
+                    absent.call::<Value>(&context, "echo", json!({"x": "gone"})),
+                )
+            }
+        });
+        for (reached, missed) in futures::future::join_all(calls).await {
+            assert_eq!(reached.unwrap(), "here");
+            let error = missed.unwrap_err();
+            assert!(matches!(error, RpcError::NoServer { .. }), "{error}");
+        }
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
 pub async fn version_cap_is_checked_before_sending(bus: Bus) {
     let transport = bus.transport().await;
     let c = client(&transport).version_cap(Version::new(1, 2));
@@ -711,6 +743,7 @@ macro_rules! rpc_suite {
             a_panicking_handler_becomes_a_remote_error,
             call_times_out_when_nobody_listens,
             mandatory_call_fails_fast_when_no_queue_exists,
+            concurrent_mandatory_calls_each_learn_their_own_fate,
             version_cap_is_checked_before_sending,
             concurrent_calls_run_in_parallel_up_to_the_limit,
             graceful_stop_finishes_calls_in_flight,

@@ -33,6 +33,11 @@ pub(super) struct Session {
     /// queued); opening a new channel is serialised by `opening` instead.
     publisher: std::sync::Mutex<Option<Arc<Channel>>>,
     opening: Mutex<()>,
+    /// The channel of mandatory requests, taken by one publish at a time until its confirm.
+    /// lapin hands a returned message to whichever confirm of the channel completes next, so
+    /// on a shared channel one request's return could fail another request (and pass itself
+    /// off as routed); alone on its channel a request can only be handed its own.
+    exclusive: Mutex<Option<Channel>>,
     /// Exchanges and queues declared on the current publishing channel.
     declared: std::sync::Mutex<Declared>,
     dead: AtomicBool,
@@ -105,6 +110,27 @@ impl Session {
         let channel = Arc::new(channel);
         *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
         Ok(channel)
+    }
+
+    /// The channel for a mandatory request, held by the caller until its confirm is in;
+    /// opened (with confirms) when there is none or it closed.
+    pub(super) async fn exclusive_publisher(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, Channel>, lapin::Error> {
+        let mut slot = self.exclusive.lock().await;
+        if !slot.as_ref().is_some_and(|c| c.status().connected()) {
+            let channel = self.connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            *slot = Some(channel);
+        }
+        tokio::sync::MutexGuard::try_map(slot, Option::as_mut).map_err(|_| {
+            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "no channel for mandatory requests",
+            ))
+        })
     }
 
     /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The
@@ -331,6 +357,7 @@ impl Keeper {
             connection,
             publisher: std::sync::Mutex::new(None),
             opening: Mutex::new(()),
+            exclusive: Mutex::new(None),
             declared: Default::default(),
             dead: AtomicBool::new(false),
             died: Notify::new(),

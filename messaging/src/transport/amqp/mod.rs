@@ -168,7 +168,19 @@ impl AmqpDriver {
             .await
             .map_err(lost)?;
         let exchange_name = route.exchange.as_ref().map_or("", |e| e.name.as_ref());
-        let confirm = channel
+        // A mandatory request must learn its own fate (a job's server exists or not); a
+        // reply's return only means its caller is gone, so replies keep the shared channel.
+        let alone = message.mandatory && !matches!(destination, Destination::Reply { .. });
+        let exclusive = if alone {
+            Some(session.exclusive_publisher().await.map_err(lost)?)
+        } else {
+            None
+        };
+        let publishing: &lapin::Channel = match &exclusive {
+            Some(exclusive) => exclusive,
+            None => &channel,
+        };
+        let confirm = publishing
             .basic_publish(
                 exchange_name.into(),
                 route.routing_key.as_ref().into(),
@@ -186,13 +198,27 @@ impl AmqpDriver {
             // A channel that was publishing to a quorum queue when its leader died can go on
             // being refused long after a new leader is elected (RabbitMQ 3.10 keeps the
             // channel's view of the queue); a new channel is served at once.
-            session.discard_publisher(&channel);
+            match exclusive {
+                // Nothing else is in flight on it: closed now, reopened by the next request.
+                Some(exclusive) => {
+                    let _ = exclusive.close(200, "refused publishes".into()).await;
+                }
+                None => session.discard_publisher(&channel),
+            }
             return Err(Attempt::Nacked(TransportError::Rejected {
                 destination: destination.to_string(),
                 reason: "negative publisher confirm".to_owned(),
             }));
         }
-        if confirmation.take_message().is_some() {
+        // The confirm is in: the next mandatory request may have the channel.
+        drop(exclusive);
+        // On the shared channel lapin may hand this confirm another publish's return: only
+        // a return of this very message (same routing key, same bytes) makes it unroutable.
+        let returned = confirmation.take_message().filter(|returned| {
+            returned.delivery.routing_key.as_str() == route.routing_key.as_ref()
+                && returned.delivery.data == message.body
+        });
+        if returned.is_some() {
             return Err(Attempt::Fail(TransportError::Unroutable {
                 destination: destination.to_string(),
             }));
