@@ -118,19 +118,19 @@ impl Session {
         &self,
     ) -> Result<tokio::sync::MappedMutexGuard<'_, Channel>, lapin::Error> {
         let mut slot = self.exclusive.lock().await;
-        if !slot.as_ref().is_some_and(|c| c.status().connected()) {
-            let channel = self.connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            *slot = Some(channel);
-        }
-        tokio::sync::MutexGuard::try_map(slot, Option::as_mut).map_err(|_| {
-            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                lapin::ChannelState::Closed,
-                "no channel for mandatory requests",
-            ))
-        })
+        let channel = match slot.take() {
+            Some(open) if open.status().connected() => open,
+            _ => {
+                let channel = self.connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                channel
+            }
+        };
+        Ok(tokio::sync::MutexGuard::map(slot, |slot| {
+            slot.insert(channel)
+        }))
     }
 
     /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The
