@@ -4,7 +4,11 @@
 //! - Request/reply: requests to a queue bound to a topic exchange, with `reply_to` and a
 //!   `correlation_id`; replies through the default exchange to one exclusive reply queue
 //!   consumed without acks, routed to the waiting call by correlation id. The server takes
-//!   requests with a prefetch of 64, replies, then acknowledges.
+//!   requests with a prefetch of 64, replies, then acknowledges. As tidings (and oslo.messaging)
+//!   do, requests and replies are published with confirms: a call ends at its reply or, when
+//!   the confirm comes first, waits on for the reply; the server acknowledges a request once
+//!   its reply is confirmed, in a task of its own so that its loop goes on taking requests.
+//!   [`run_unconfirmed`] runs the same without confirms, for reference.
 //! - Publish/consume: publishes pipelined on a confirm channel (64 confirms outstanding), a
 //!   consumer with a prefetch acknowledging in batches (`multiple`), every 32 deliveries or
 //!   when no more are ready. tidings publishes with confirms, so this is the baseline its ratio
@@ -78,8 +82,8 @@ struct Notification {
 /// Runs `scenario` on bare lapin; returns its figure (µs per call, or per second).
 pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64> {
     match scenario {
-        Scenario::Call1 => rpc(env, wire, false).await,
-        Scenario::Call64 => rpc(env, wire, true).await,
+        Scenario::Call1 => rpc(env, wire, false, Confirms::On).await,
+        Scenario::Call64 => rpc(env, wire, true, Confirms::On).await,
         Scenario::Cast => cast(env, wire, 1, Confirms::On).await,
         Scenario::Fanout3 => cast(env, wire, 3, Confirms::On).await,
         Scenario::NotifyBatch => notify_batch(env, wire, Confirms::On).await,
@@ -90,12 +94,14 @@ pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64
     }
 }
 
-/// Runs the publish/consume `scenario` (`cast`, `fanout-3`, `notify-batch`) with publishes on a
-/// plain channel, no confirms; an error for the other scenarios. A publish then only waits for its frame to
-/// be handed to the connection, so the figure shows what the confirms cost, not a like-for-like
+/// Runs the request/reply or publish/consume `scenario` with publishes on a plain channel, no
+/// confirms; an error for the other scenarios. A publish then only waits for its frame to be
+/// handed to the connection, so the figure shows what the confirms cost, not a like-for-like
 /// comparison with tidings (which confirms every publish).
 pub(crate) async fn run_unconfirmed(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64> {
     match scenario {
+        Scenario::Call1 => rpc(env, wire, false, Confirms::Off).await,
+        Scenario::Call64 => rpc(env, wire, true, Confirms::Off).await,
         Scenario::Cast => cast(env, wire, 1, Confirms::Off).await,
         Scenario::Fanout3 => cast(env, wire, 3, Confirms::Off).await,
         Scenario::NotifyBatch => notify_batch(env, wire, Confirms::Off).await,
@@ -108,7 +114,7 @@ pub(crate) async fn run_unconfirmed(env: &Env, scenario: Scenario, wire: Wire) -
 
 /// Whether the publishing channel of a publish/consume baseline uses publisher confirms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Confirms {
+pub(crate) enum Confirms {
     /// A confirm channel, every publish awaiting its confirm: tidings' guarantee.
     On,
     /// A plain channel: nothing tells the publisher the broker took the message.
@@ -220,8 +226,13 @@ async fn consume(channel: &Channel, queue: &str, no_ack: bool) -> Result<Consume
 // Request/reply.
 
 /// The server: decode the request, reply with `args.payload`, acknowledge.
-async fn rpc_server(connection: &Connection, queue: &str, wire: Wire) -> Result<JoinHandle<()>> {
-    let channel = connection.create_channel().await?;
+async fn rpc_server(
+    connection: &Connection,
+    queue: &str,
+    wire: Wire,
+    confirms: Confirms,
+) -> Result<JoinHandle<()>> {
+    let channel = publishing_channel(connection, confirms).await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
@@ -235,6 +246,7 @@ async fn rpc_server(connection: &Connection, queue: &str, wire: Wire) -> Result<
                 let result = request.args.get("payload").cloned().unwrap_or(Value::Null);
                 wire.encode(&Reply { result })
             });
+            let mut confirm = None;
             if let (Ok(body), Some(reply_to), Some(correlation)) = (body, reply_to, correlation) {
                 let sent = channel
                     .basic_publish(
@@ -245,12 +257,25 @@ async fn rpc_server(connection: &Connection, queue: &str, wire: Wire) -> Result<
                         properties(wire).with_correlation_id(correlation),
                     )
                     .await;
-                if sent.is_err() {
-                    return;
+                match sent {
+                    Ok(sent) => confirm = Some(sent),
+                    Err(_) => return,
                 }
             }
-            if delivery.ack(BasicAckOptions::default()).await.is_err() {
-                return;
+            match (confirms, confirm) {
+                // Acknowledged once the reply is confirmed, without holding up the next request.
+                (Confirms::On, Some(confirm)) => {
+                    tokio::spawn(async move {
+                        if confirm.await.is_ok() {
+                            let _ = delivery.ack(BasicAckOptions::default()).await;
+                        }
+                    });
+                }
+                _ => {
+                    if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }))
@@ -265,12 +290,13 @@ struct RpcClient {
     waiters: Waiters,
     next_id: AtomicU64,
     wire: Wire,
+    confirms: Confirms,
     routing: JoinHandle<()>,
 }
 
 impl RpcClient {
-    async fn start(connection: &Connection, wire: Wire) -> Result<Self> {
-        let channel = connection.create_channel().await?;
+    async fn start(connection: &Connection, wire: Wire, confirms: Confirms) -> Result<Self> {
+        let channel = publishing_channel(connection, confirms).await?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -305,6 +331,7 @@ impl RpcClient {
             waiters,
             next_id: AtomicU64::new(0),
             wire,
+            confirms,
             routing,
         })
     }
@@ -317,7 +344,8 @@ impl RpcClient {
             .map_err(|_| BenchError("reply map poisoned".into()))?
             .insert(id, sender);
         let body = self.wire.encode(request)?;
-        self.channel
+        let confirm = self
+            .channel
             .basic_publish(
                 EXCHANGE.into(),
                 queue.into(),
@@ -328,10 +356,29 @@ impl RpcClient {
                     .with_correlation_id(id.to_string().into()),
             )
             .await?;
-        let reply = tokio::time::timeout(Duration::from_secs(30), receiver)
-            .await
-            .map_err(|_| BenchError("baseline call timed out".into()))?
-            .map_err(|_| BenchError("baseline reply queue closed".into()))?;
+        let reply = async {
+            tokio::time::timeout(Duration::from_secs(30), receiver)
+                .await
+                .map_err(|_| BenchError("baseline call timed out".into()))?
+                .map_err(|_| BenchError("baseline reply queue closed".into()))
+        };
+        let reply = match self.confirms {
+            Confirms::Off => reply.await?,
+            // The reply proves the request arrived: whichever of the two comes first.
+            Confirms::On => {
+                tokio::pin!(reply);
+                tokio::select! {
+                    biased;
+                    reply = &mut reply => reply?,
+                    confirmed = confirm => {
+                        if confirmed?.is_nack() {
+                            return Err(BenchError("baseline request refused".into()));
+                        }
+                        reply.await?
+                    }
+                }
+            }
+        };
         self.wire.decode(&reply)
     }
 }
@@ -346,8 +393,8 @@ fn request(method: &str) -> Request {
     }
 }
 
-async fn rpc(env: &Env, wire: Wire, concurrent: bool) -> Result<f64> {
-    let echo = EchoRpc::start(env, wire).await?;
+async fn rpc(env: &Env, wire: Wire, concurrent: bool, confirms: Confirms) -> Result<f64> {
+    let echo = EchoRpc::start(env, wire, confirms).await?;
     let result = env.calls(concurrent, || echo.call()).await;
     echo.stop().await;
     result
@@ -365,12 +412,12 @@ pub(crate) struct EchoRpc {
 }
 
 impl EchoRpc {
-    pub(crate) async fn start(env: &Env, wire: Wire) -> Result<Self> {
+    pub(crate) async fn start(env: &Env, wire: Wire, confirms: Confirms) -> Result<Self> {
         let server_connection = connect(env).await?;
         let client_connection = connect(env).await?;
         let queue = env.name("bare-call");
-        let server = rpc_server(&server_connection, &queue, wire).await?;
-        let client = RpcClient::start(&client_connection, wire).await?;
+        let server = rpc_server(&server_connection, &queue, wire, confirms).await?;
+        let client = RpcClient::start(&client_connection, wire, confirms).await?;
         Ok(Self {
             server_connection,
             client_connection,

@@ -103,13 +103,17 @@ impl Scenario {
         matches!(self, Scenario::Call1)
     }
 
-    /// Whether the baseline also runs without publisher confirms. Only the publish/consume
-    /// scenarios have such a variant: there the confirms are most of what a publish waits for,
-    /// and the table shows how far above the same-guarantee baseline an unsafe one goes.
+    /// Whether the baseline also runs without publisher confirms: request/reply and
+    /// publish/consume, where the table shows how far an unsafe baseline goes beyond the
+    /// same-guarantee one. Ingest and the agent measure the store, not the publishes.
     pub fn has_unconfirmed_baseline(self) -> bool {
         matches!(
             self,
-            Scenario::Cast | Scenario::Fanout3 | Scenario::NotifyBatch
+            Scenario::Call1
+                | Scenario::Call64
+                | Scenario::Cast
+                | Scenario::Fanout3
+                | Scenario::NotifyBatch
         )
     }
 }

@@ -117,7 +117,7 @@ pub(crate) async fn run(
         )));
     }
     if only_side.is_none_or(|only| only == "baseline") {
-        match baseline::EchoRpc::start(env, wire).await {
+        match baseline::EchoRpc::start(env, wire, baseline::Confirms::On).await {
             Ok(rpc) => sides.push(Side::Baseline(Box::new(rpc))),
             Err(error) => {
                 stop_all(sides).await;

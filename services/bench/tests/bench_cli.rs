@@ -8,7 +8,7 @@
 use std::process::Command;
 
 /// Scenarios whose baseline also runs without publisher confirms.
-const UNCONFIRMED: [&str; 3] = ["cast", "fanout-3", "notify-batch"];
+const UNCONFIRMED: [&str; 5] = ["call-1", "call-64", "cast", "fanout-3", "notify-batch"];
 
 const SCENARIOS: [&str; 8] = [
     "call-1",
