@@ -5,7 +5,9 @@
 //! of the broker's work per message. Here an acknowledgement is recorded, the consumer task is
 //! woken, and it sends everything recorded since its last flush: as one `basic.ack` with
 //! `multiple` for the tags it may cover, one frame each for the rest. Under load many
-//! acknowledgements share a frame; a lone one goes out at once, one task wake later.
+//! acknowledgements share a frame; a lone one goes out at once, one task wake later — except on
+//! a consumer that holds them for company (the reply queue, whose router settles every reply
+//! as it arrives: its acknowledgements go out a batch at a time, well inside its prefetch).
 //!
 //! `multiple` up to tag T acknowledges *every* unsettled delivery up to T on the channel, so T
 //! is only ever below both the lowest delivery still unsettled here and the lowest tag not yet
@@ -32,8 +34,9 @@ use crate::transport::TransportError;
 pub(super) struct AckBatcher {
     channel: Channel,
     state: Mutex<State>,
-    /// Woken when the first acknowledgement since the last flush is recorded.
+    /// Woken when the `hold`-th acknowledgement since the last flush is recorded.
     pending: Notify,
+    hold: usize,
 }
 
 #[derive(Debug)]
@@ -51,7 +54,11 @@ struct State {
 }
 
 impl AckBatcher {
-    pub(super) fn new(channel: Channel) -> Self {
+    /// Batches `channel`'s acknowledgements; the consumer task is woken to send them once
+    /// `hold` are recorded (at least one). With `hold` above one, acknowledgements wait for
+    /// company: only for a consumer whose deliveries are all settled promptly and whose
+    /// prefetch is well above `hold`, or the broker would stop delivering for want of them.
+    pub(super) fn new(channel: Channel, hold: usize) -> Self {
         Self {
             channel,
             state: Mutex::new(State {
@@ -62,6 +69,7 @@ impl AckBatcher {
                 flushing: true,
             }),
             pending: Notify::new(),
+            hold: hold.max(1),
         }
     }
 
@@ -102,7 +110,7 @@ impl AckBatcher {
             return send_ack(&self.channel, tag, false);
         }
         state.acked.push(tag);
-        if state.acked.len() == 1 {
+        if state.acked.len() == self.hold {
             self.pending.notify_one();
         }
         Ok(())

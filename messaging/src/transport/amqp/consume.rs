@@ -38,10 +38,12 @@ pub(super) struct ConsumerSpec {
     pub(super) queues: Vec<QueueSpec>,
     pub(super) prefetch: u16,
     pub(super) resubscribe: bool,
-    /// Consume without acknowledgements (`no_ack`): the reply queue. A reply is of use to
-    /// nobody but the call waiting for it, so the broker may forget it once sent; acknowledging
-    /// each one cost a frame each way and a wake of the I/O loop per call.
+    /// Consume without acknowledgements (`no_ack`). The reply queue gave this up for a
+    /// prefetch that keeps a flood of unsolicited replies in the broker; it holds its
+    /// acknowledgements back instead (`ack_hold`), so a call still costs no frame for them.
     pub(super) auto_ack: bool,
+    /// Acknowledgements recorded before the consumer task sends them (see [`AckBatcher::new`]).
+    pub(super) ack_hold: usize,
     /// Where requeued and dead-lettered messages are published from.
     pub(super) republisher: Arc<Republisher>,
     /// Which queues are without a consumer now; read by the inbox's owner.
@@ -423,7 +425,7 @@ async fn consume_on(
         let _ = ready.send(Ok(()));
     }
     // Every delivery settles through this; acknowledgements are sent in batches by this task.
-    let acks = Arc::new(AckBatcher::new(channel.clone()));
+    let acks = Arc::new(AckBatcher::new(channel.clone(), spec.ack_hold));
     let mut check = tokio::time::interval_at(
         tokio::time::Instant::now() + QUEUE_CHECK_INTERVAL,
         QUEUE_CHECK_INTERVAL,

@@ -267,6 +267,7 @@ impl AmqpDriver {
         prefetch: u16,
         resubscribe: bool,
         auto_ack: bool,
+        ack_hold: usize,
     ) -> Result<(mpsc::Receiver<Delivery>, Arc<ConsumerHealth>), TransportError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let health = Arc::new(ConsumerHealth::default());
@@ -275,6 +276,7 @@ impl AmqpDriver {
             prefetch,
             resubscribe,
             auto_ack,
+            ack_hold,
             republisher: self.republisher.clone(),
             health: health.clone(),
             counters: self.counters.clone(),
@@ -395,7 +397,9 @@ impl Driver for AmqpDriver {
             .iter()
             .map(|queue| QueueSpec::of(queue, &self.options))
             .collect();
-        let (receiver, health) = self.consume(queues, options.prefetch, true, false).await?;
+        let (receiver, health) = self
+            .consume(queues, options.prefetch, true, false, 1)
+            .await?;
         let on_close = plan
             .delete_on_close
             .map(|queue| self.delete_on_close(queue));
@@ -408,8 +412,19 @@ impl Driver for AmqpDriver {
         let queues = vec![QueueSpec::of(&plan, &self.options)];
         // Consumed with acknowledgements and a prefetch, so the broker never pushes more replies
         // than the router has room for: a flood of replies nobody asked for waits in the queue
-        // instead of in this process.
-        let (receiver, health) = self.consume(queues, REPLY_PREFETCH, false, false).await?;
+        // instead of in this process. The router settles each reply as it takes it, so the
+        // acknowledgements go out a quarter of the prefetch at a time, in one frame, well before
+        // the broker would wait for them: a lone call costs no frame and no I/O-loop wake for its
+        // reply's acknowledgement.
+        let (receiver, health) = self
+            .consume(
+                queues,
+                REPLY_PREFETCH,
+                false,
+                false,
+                usize::from(REPLY_PREFETCH / 4),
+            )
+            .await?;
         Ok((name, Inbox::new(receiver, None).with_health(health)))
     }
 
