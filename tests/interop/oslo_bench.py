@@ -2,6 +2,8 @@
 
 usage: oslo_bench.py [URL] [--duration SECS] [--json FILE]
 
+URL defaults to $TIDINGS_TRANSPORT_URL, else the local broker (then in a private vhost).
+
 Runs, in one process as `tidings bench` does, an RPC server (threading executor, oslo's default
 pool of 64 threads) and a client on transports of their own (a send connection pool of 66, so no
 client thread waits for a connection), and times:
@@ -9,7 +11,8 @@ client thread waits for a connection), and times:
   call-64  64 client threads calling at once          (calls/s)
   cast     64 client threads casting; counted when the server handled every cast (msgs/s)
 with the same keyword arguments and context as `tidings bench` (oslo JSON is the only codec
-oslo.messaging speaks). Run it with the interop venv:
+oslo.messaging speaks). `tidings-bench` runs it in its `oslo` section, on its own broker and vhost;
+by hand, run it with the interop venv:
 
   .venv/interop/bin/python tests/interop/oslo_bench.py rabbit://guest:guest@127.0.0.1:5672/
 """
@@ -17,6 +20,7 @@ oslo.messaging speaks). Run it with the interop venv:
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -112,9 +116,13 @@ def cast(client, endpoint, duration):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url", nargs="?", default=DEFAULT_URL)
+    # From the environment, as tidings-bench passes it: a password on a command line is visible
+    # to every user of the machine.
+    parser.add_argument("url", nargs="?",
+                        default=os.environ.get("TIDINGS_TRANSPORT_URL") or DEFAULT_URL)
     parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--json", help="write {scenario: {oslo, unit}} to this file")
+    parser.add_argument("--json",
+                        help="write {scenario: {oslo, unit}} and version to this file")
     args = parser.parse_args()
     # As `tidings bench` does: on the default local broker, a private vhost for the run.
     vhost = None
@@ -164,9 +172,9 @@ def run(args):
     for name, (figure, unit) in results.items():
         print(f"{name:<14} {figure:>12.1f}  {unit}")
     if args.json:
+        figures = {k: {"oslo": v, "unit": u} for k, (v, u) in results.items()}
         with open(args.json, "w") as out:
-            json.dump({k: {"oslo": v, "unit": u} for k, (v, u) in results.items()}, out,
-                      indent=2, ensure_ascii=False)
+            json.dump({**figures, "version": version}, out, indent=2, ensure_ascii=False)
     return 0
 
 

@@ -8,9 +8,10 @@
 //! sides in turn, for `rounds` rounds alternating which side goes first; the best round of each
 //! side is kept (lowest latency, highest throughput), which filters out the moments another
 //! process took the CPU. Every side of every round opens its own connections and queues. After
-//! the scenarios, the tail section (`tail`) measures call latency percentiles under an open
-//! loop, and the agents section (`agents`) each idle metering agent's memory, on the `tidings`
-//! binary.
+//! the scenarios, the oslo section (`oslo`) times oslo.messaging on the same broker beside
+//! tidings' oslo JSON rows, the tail section (`tail`) measures call latency percentiles under an
+//! open loop, and the agents section (`agents`) each idle metering agent's memory, on the
+//! `tidings` binary.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
@@ -18,6 +19,7 @@
 mod agents;
 mod baseline;
 mod harness;
+pub mod oslo;
 mod scenarios;
 pub mod store_scale;
 pub mod tail;
@@ -139,6 +141,10 @@ pub struct BenchConfig {
     pub postgres: String,
     /// Whether the agents section may run (it needs the `tidings` binary next to this one).
     pub agents: bool,
+    /// Whether the oslo section may run (it needs Python with oslo.messaging).
+    pub oslo: bool,
+    /// The Python the oslo section runs oslo.messaging with.
+    pub oslo_python: PathBuf,
 }
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
@@ -198,6 +204,8 @@ pub struct Report {
     pub tail: Vec<tail::TailRow>,
     /// The agents section: `(kind, VmRSS in KiB)` of each idle agent; empty when skipped.
     pub agents: Vec<(String, u64)>,
+    /// The oslo section, unless skipped.
+    pub oslo: Option<oslo::OsloReport>,
 }
 
 impl Report {
@@ -238,6 +246,9 @@ impl Report {
                     row.scenario, row.tidings, row.baseline, unconfirmed, row.unit, row.ratio
                 );
             }
+        }
+        if let Some(oslo) = &self.oslo {
+            oslo_table(oslo, &mut out);
         }
         if !self.store_scale.is_empty() {
             let _ = writeln!(
@@ -381,8 +392,10 @@ impl Report {
     }
 
     /// `{scenario: {tidings, baseline, baseline_unconfirmed?, ratio, unit}}`, plus `memory`,
-    /// `tail` and `agents` (`{kind: rss_kib}`) when measured, and always `load_average`: `{before, after}` (the 1-minute load, `null`
-    /// where unknown), since figures from a busy machine are read differently.
+    /// `tail`, `agents` (`{kind: rss_kib}`) and `oslo` (`{version, scenario: {oslo, tidings,
+    /// unit, tidings_over_oslo}}`) when measured, and always `load_average`: `{before, after}`
+    /// (the 1-minute load, `null` where unknown), since figures from a busy machine are read
+    /// differently.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
         map.insert(
@@ -420,6 +433,9 @@ impl Report {
                 .map(|(kind, kib)| (kind.clone(), serde_json::Value::from(*kib)))
                 .collect();
             map.insert("agents".to_owned(), serde_json::Value::Object(agents));
+        }
+        if let Some(oslo) = &self.oslo {
+            map.insert("oslo".to_owned(), oslo.json());
         }
         serde_json::Value::Object(map)
     }
@@ -483,6 +499,34 @@ impl Env {
             file.push(suffix);
             let _ = std::fs::remove_file(file);
         }
+    }
+}
+
+/// The oslo section's table: both figures of each scenario and how many times better tidings
+/// did.
+fn oslo_table(oslo: &oslo::OsloReport, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\noslo.messaging {}, same broker, same run (threading executor, 64 threads; tidings \
+         with oslo JSON)",
+        oslo.version
+    );
+    let _ = writeln!(
+        out,
+        "tidings ÷ oslo = how many times better tidings did (oslo ÷ tidings for µs/call): \
+         higher is better for tidings"
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:>12} {:>12}  {:<17} {:>14}",
+        "oslo scenario", "oslo", "tidings", "unit", "tidings ÷ oslo"
+    );
+    for row in &oslo.rows {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>12.1} {:>12.1}  {:<17} {:>14.1}",
+            row.scenario, row.oslo, row.tidings, row.unit, row.tidings_over_oslo
+        );
     }
 }
 
@@ -628,6 +672,11 @@ pub fn selected_stores(only: &[String]) -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether `only` names the oslo section itself (not a full run's default).
+fn oslo_named(only: &[String]) -> bool {
+    !only.is_empty() && section_selected(only, "oslo")
+}
+
 /// Runs the benchmark.
 pub async fn run(config: &BenchConfig) -> Result<Report> {
     let url: TransportUrl = config.url.parse()?;
@@ -636,6 +685,17 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
             "the baseline needs RabbitMQ: give an amqp:// or rabbit:// URL".into(),
         ));
     }
+    // Decided before the broker is touched, so that a missing Python fails at once.
+    let oslo_python = if config.oslo {
+        oslo::interpreter(oslo::Selection {
+            explicit: oslo_named(&config.only),
+            // Not in a run of one side, which is for profiling.
+            implicit: config.only.is_empty() && config.side.is_none(),
+            python: &config.oslo_python,
+        })?
+    } else {
+        None
+    };
     // The default local broker: a private vhost, so runs never collide with other users.
     let vhost = if config.url.trim_end_matches('/') == DEFAULT_URL.trim_end_matches('/') {
         Some(PrivateVhost::create()?)
@@ -655,13 +715,13 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         sequence: AtomicU64::new(0),
         scratch,
     };
-    let result = run_in(&env, config).await;
+    let result = run_in(&env, config, oslo_python.as_deref()).await;
     let _ = std::fs::remove_dir_all(&env.scratch);
     drop(vhost);
     result
 }
 
-async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
+async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> Result<Report> {
     let selected = selected(&config.only);
     let stores = selected_stores(&config.only);
     let tail = section_selected(&config.only, "tail");
@@ -685,6 +745,11 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
                 .count()
         })
         .sum();
+    // The oslo section takes tidings' figures from the oslo JSON rows when their tidings side
+    // runs.
+    let tidings_rows = |scenario: Scenario| {
+        Side::Tidings.selected(config.side.as_deref()) && selected.contains(&(scenario, Wire::Json))
+    };
     let mut progress = Progress {
         total: side_runs * rounds
             + usize::from(memory)
@@ -694,7 +759,8 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
             } else {
                 0
             }
-            + stores.len(),
+            + stores.len()
+            + oslo_python.map_or(0, |_| oslo::steps(&tidings_rows, rounds)),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -743,6 +809,14 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
             ratio: tidings / baseline,
             unit: scenario.unit(),
         });
+    }
+    if let Some(python) = oslo_python {
+        report.oslo = Some(
+            oslo::run(env, python, &report.rows, rounds, &mut |what| {
+                progress.step(what)
+            })
+            .await?,
+        );
     }
     if tail {
         report.tail = tail::run(env, config.side.as_deref(), &mut |what| progress.step(what))

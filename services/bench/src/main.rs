@@ -34,8 +34,9 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only scenarios and sections whose name starts with this (repeatable), e.g.
-    /// --only call-1 --only cast/json, or --only tail (open-loop latency) or --only agents
-    /// (each idle metering agent's memory) for one section alone.
+    /// --only call-1 --only cast/json, or --only tail (open-loop latency), --only agents
+    /// (each idle metering agent's memory) or --only oslo (oslo.messaging on the same broker)
+    /// for one section alone.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
     /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
@@ -43,7 +44,8 @@ struct BenchArgs {
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
     /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
-    /// "load_average", "memory", "tail", "agents", "store-scale/<store>") as JSON to FILE.
+    /// "load_average", "memory", "tail", "agents", "oslo", "store-scale/<store>") as JSON to
+    /// FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).
@@ -52,6 +54,14 @@ struct BenchArgs {
     /// Skip the agents section (it runs the tidings binary found next to this one).
     #[arg(long)]
     no_agents: bool,
+    /// Skip the oslo section (it runs oslo.messaging's benchmark with --oslo-python). A full
+    /// run without that Python skips it with a note on stderr; --only oslo fails.
+    #[arg(long)]
+    no_oslo: bool,
+    /// Python with oslo.messaging for the oslo section (`bash scripts/test --setup` makes the
+    /// default venv).
+    #[arg(long, value_name = "PATH", env = "TIDINGS_INTEROP_PYTHON", default_value = bench::oslo::DEFAULT_PYTHON)]
+    oslo_python: PathBuf,
     /// PostgreSQL server of store-scale/postgres (it makes and drops a schema of its own).
     #[arg(long, value_name = "URL", env = "TIDINGS_BENCH_POSTGRES", default_value = bench::DEFAULT_POSTGRES)]
     postgres: String,
@@ -94,6 +104,8 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         samples: args.samples.max(1),
         postgres: args.postgres,
         agents: !args.no_agents,
+        oslo: !args.no_oslo,
+        oslo_python: args.oslo_python,
     };
     if args.quick {
         config.duration = Duration::from_millis(200);

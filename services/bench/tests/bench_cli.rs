@@ -1,6 +1,7 @@
 //! `tidings-bench --quick` against the machine's RabbitMQ: the table has every scenario with
 //! both figures and a ratio, the JSON file has the same keys, and the memory and tail sections
-//! are there.
+//! are there; the oslo section (tests/oslo_cli.rs) is skipped for want of its Python, with a
+//! note.
 //! No speed thresholds: figures on a shared CI machine say nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,9 +28,16 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         "tidings-bench-smoke-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
-    // The default URL: the bench makes (and deletes) a private vhost for the run.
+    // The default URL: the bench makes (and deletes) a private vhost for the run. A full run
+    // whose Python for the oslo section is missing goes on without it.
     let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args(["--quick", "--no-agents", "--json"])
+        .args([
+            "--quick",
+            "--no-agents",
+            "--oslo-python",
+            "/nonexistent/bin/python",
+        ])
+        .arg("--json")
         .arg(&json_path)
         .env_remove("TIDINGS_TRANSPORT_URL")
         .output()
@@ -39,6 +47,11 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
     // Progress went to stderr, one step per side of each scenario.
     assert!(stderr.contains("call-1/json: tidings"), "{stderr}");
+    assert!(
+        stderr.contains("oslo section skipped: no Python at /nonexistent/bin/python")
+            && stderr.contains("scripts/test --setup"),
+        "{stderr}"
+    );
 
     let header = stdout
         .lines()
