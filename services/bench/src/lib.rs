@@ -10,7 +10,7 @@
 //! process took the CPU. Every side of every round opens its own connections and queues. After
 //! the scenarios, the tail section (`tail`) measures call latency percentiles under an open
 //! loop, and the agents section (`agents`) each idle metering agent's memory, on the `tidings`
-//! binary.
+//! binary. The scale section (`scale`, see [`scale`]) runs only when named.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
@@ -18,6 +18,7 @@
 mod agents;
 mod baseline;
 mod harness;
+pub mod scale;
 mod scenarios;
 pub mod store_scale;
 pub mod tail;
@@ -135,6 +136,10 @@ pub struct BenchConfig {
     pub postgres: String,
     /// Whether the agents section may run (it needs the `tidings` binary next to this one).
     pub agents: bool,
+    /// Servers `scale/topics` grows to (10, 100, … up to this).
+    pub scale_topics: usize,
+    /// Idle clients `scale/reply-queues` grows to (100, 1000, … up to this).
+    pub scale_clients: usize,
 }
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
@@ -194,6 +199,8 @@ pub struct Report {
     pub tail: Vec<tail::TailRow>,
     /// The agents section: `(kind, VmRSS in KiB)` of each idle agent; empty when skipped.
     pub agents: Vec<(String, u64)>,
+    /// The scale section, when asked for.
+    pub scale: Option<scale::ScaleReport>,
 }
 
 impl Report {
@@ -267,6 +274,9 @@ impl Report {
         }
         if !self.tail.is_empty() {
             self.tail_table(&mut out);
+        }
+        if let Some(scale) = &self.scale {
+            scale::table(scale, &mut out);
         }
         if !self.agents.is_empty() {
             let _ = writeln!(
@@ -417,6 +427,12 @@ impl Report {
                 .collect();
             map.insert("agents".to_owned(), serde_json::Value::Object(agents));
         }
+        if let Some(scale) = &self.scale {
+            map.insert(
+                "scale".to_owned(),
+                serde_json::to_value(scale).unwrap_or_default(),
+            );
+        }
         serde_json::Value::Object(map)
     }
 }
@@ -428,6 +444,9 @@ pub(crate) struct Env {
     duration: Duration,
     sequence: AtomicU64,
     scratch: PathBuf,
+    /// The vhost made for this run, when there is one: the scale section reads the broker's
+    /// side with `rabbitmqctl` only there.
+    private_vhost: Option<String>,
 }
 
 impl Env {
@@ -443,13 +462,29 @@ impl Env {
     }
 
     /// [`harness::pump`] after a warm-up of the same kind: the figure of a throughput scenario.
-    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, mut publish: F) -> Result<f64>
+    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, publish: F) -> Result<f64>
     where
         F: FnMut(u64) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        harness::pump(self.warm_up(), copies, tally, &mut publish).await?;
-        harness::pump(self.duration, copies, tally, publish).await
+        self.pump_within(copies, harness::BACKLOG, tally, publish)
+            .await
+    }
+
+    /// [`Env::pump`] with the consumers at most `backlog` deliveries behind.
+    async fn pump_within<F, Fut>(
+        &self,
+        copies: u64,
+        backlog: u64,
+        tally: &harness::Tally,
+        mut publish: F,
+    ) -> Result<f64>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::pump_within(self.warm_up(), copies, backlog, tally, &mut publish).await?;
+        harness::pump_within(self.duration, copies, backlog, tally, publish).await
     }
 
     /// `call-1` (µs per call) or, when `concurrent`, `call-64` (calls/s), after a warm-up.
@@ -650,6 +685,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         duration: config.duration,
         sequence: AtomicU64::new(0),
         scratch,
+        private_vhost: vhost.as_ref().map(|vhost| vhost.0.clone()),
     };
     let result = run_in(&env, config).await;
     let _ = std::fs::remove_dir_all(&env.scratch);
@@ -660,6 +696,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
 async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     let selected = selected(&config.only);
     let stores = selected_stores(&config.only);
+    let scale_parts = scale::selected_parts(&config.only);
     let tail = section_selected(&config.only, "tail");
     // The memory section comes with the scenarios; a run of a section alone (store-scale,
     // tail) leaves it out.
@@ -690,7 +727,8 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
             } else {
                 0
             }
-            + stores.len(),
+            + stores.len()
+            + scale::steps(&scale_parts, config),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -747,6 +785,11 @@ async fn run_in(env: &Env, config: &BenchConfig) -> Result<Report> {
     }
     if let Some(binary) = &agents_binary {
         report.agents = agents::run(env, binary, &mut |what| progress.step(what)).await?;
+    }
+    if !scale_parts.is_empty() {
+        let measured =
+            scale::run(env, &scale_parts, config, &mut |what| progress.step(what)).await?;
+        report.scale = Some(measured);
     }
     for store in stores {
         progress.step(&format!("store-scale/{store}: {} samples", config.samples));
