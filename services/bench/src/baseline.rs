@@ -145,12 +145,12 @@ fn amqp_uri(url: &TransportUrl) -> Result<AMQPUri> {
     })
 }
 
-async fn connect(env: &Env) -> Result<Connection> {
+pub(crate) async fn connect(env: &Env) -> Result<Connection> {
     Ok(Connection::connect_uri(amqp_uri(&env.url)?, ConnectionProperties::default()).await?)
 }
 
 /// Closes connections, ignoring errors (the run is over).
-async fn close(connections: &[&Connection]) {
+pub(crate) async fn close(connections: &[&Connection]) {
     for connection in connections {
         let _ = connection.close(200, "bench done".into()).await;
     }
@@ -383,9 +383,9 @@ impl RpcClient {
     }
 }
 
-fn request(method: &str) -> Request {
+fn request(method: &str, payload: Value) -> Request {
     let mut args = Map::new();
-    args.insert("payload".into(), harness::payload());
+    args.insert("payload".into(), payload);
     Request {
         method: method.to_owned(),
         args: Value::Object(args),
@@ -413,18 +413,50 @@ pub(crate) struct EchoRpc {
 
 impl EchoRpc {
     pub(crate) async fn start(env: &Env, wire: Wire, confirms: Confirms) -> Result<Self> {
+        Self::start_with(env, wire, confirms, harness::payload()).await
+    }
+
+    /// As [`EchoRpc::start`], every call sending `payload` (echoed back).
+    pub(crate) async fn start_with(
+        env: &Env,
+        wire: Wire,
+        confirms: Confirms,
+        payload: Value,
+    ) -> Result<Self> {
         let server_connection = connect(env).await?;
-        let client_connection = connect(env).await?;
+        let client_connection = match connect(env).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                close(&[&server_connection]).await;
+                return Err(error);
+            }
+        };
         let queue = env.name("bare-call");
-        let server = rpc_server(&server_connection, &queue, wire, confirms).await?;
-        let client = RpcClient::start(&client_connection, wire, confirms).await?;
+        let started = async {
+            let server = rpc_server(&server_connection, &queue, wire, confirms).await?;
+            match RpcClient::start(&client_connection, wire, confirms).await {
+                Ok(client) => Ok((server, client)),
+                Err(error) => {
+                    server.abort();
+                    Err(error)
+                }
+            }
+        }
+        .await;
+        let (server, client) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                close(&[&client_connection, &server_connection]).await;
+                return Err(error);
+            }
+        };
         Ok(Self {
             server_connection,
             client_connection,
             server,
             client,
             queue,
-            request: request("echo"),
+            request: request("echo", payload),
         })
     }
 
@@ -546,14 +578,76 @@ fn counting_consumer<T: serde::de::DeserializeOwned>(
 /// `cast` (one queue) or `fanout-3` (a fanout exchange and `copies` queues, each consumed on a
 /// connection of its own), publishing with or without `confirms`.
 async fn cast(env: &Env, wire: Wire, copies: u64, confirms: Confirms) -> Result<f64> {
-    let tally = Arc::new(Tally::default());
+    cast_with(
+        env,
+        wire,
+        copies,
+        confirms,
+        harness::payload(),
+        harness::BACKLOG,
+    )
+    .await
+}
+
+/// The confirmed [`cast`] (the same guarantee as tidings) sending `payload`, the consumers at
+/// most `backlog` deliveries behind.
+pub(crate) async fn confirmed_cast(
+    env: &Env,
+    wire: Wire,
+    copies: u64,
+    payload: Value,
+    backlog: u64,
+) -> Result<f64> {
+    cast_with(env, wire, copies, Confirms::On, payload, backlog).await
+}
+
+/// [`cast`] sending `payload`, the consumers at most `backlog` deliveries behind. The
+/// connections opened are closed whether or not the run succeeded.
+async fn cast_with(
+    env: &Env,
+    wire: Wire,
+    copies: u64,
+    confirms: Confirms,
+    payload: Value,
+    backlog: u64,
+) -> Result<f64> {
     let publisher = connect(env).await?;
     let mut consumers = Vec::new();
     let mut tasks = Vec::new();
+    let result = cast_on(
+        env,
+        wire,
+        (copies, confirms, payload, backlog),
+        &publisher,
+        &mut consumers,
+        &mut tasks,
+    )
+    .await;
+    for task in tasks {
+        task.abort();
+    }
+    let mut all: Vec<&Connection> = consumers.iter().collect();
+    all.push(&publisher);
+    close(&all).await;
+    result
+}
+
+/// The body of [`cast_with`]: the consumers' connections and tasks go to `consumers` and
+/// `tasks` as they start, for the caller to close.
+async fn cast_on(
+    env: &Env,
+    wire: Wire,
+    (copies, confirms, payload, backlog): (u64, Confirms, Value, u64),
+    publisher: &Connection,
+    consumers: &mut Vec<Connection>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<f64> {
+    let tally = Arc::new(Tally::default());
     let (exchange, routing_key) = if copies == 1 {
         let queue = env.name("bare-cast");
-        let connection = connect(env).await?;
-        let channel = connection.create_channel().await?;
+        // Kept before it is used, so that the caller closes it whatever fails next.
+        consumers.push(connect(env).await?);
+        let channel = consumers[consumers.len() - 1].create_channel().await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await?;
@@ -565,13 +659,12 @@ async fn cast(env: &Env, wire: Wire, copies: u64, confirms: Confirms) -> Result<
             wire,
             tally.clone(),
         ));
-        consumers.push(connection);
         (EXCHANGE.to_owned(), queue)
     } else {
         let exchange = env.name("bare-fanout");
         for _ in 0..copies {
-            let connection = connect(env).await?;
-            let channel = connection.create_channel().await?;
+            consumers.push(connect(env).await?);
+            let channel = consumers[consumers.len() - 1].create_channel().await?;
             channel
                 .basic_qos(PREFETCH, BasicQosOptions::default())
                 .await?;
@@ -610,25 +703,17 @@ async fn cast(env: &Env, wire: Wire, copies: u64, confirms: Confirms) -> Result<
                 wire,
                 tally.clone(),
             ));
-            consumers.push(connection);
         }
         (exchange, String::new())
     };
-    let channel = publishing_channel(&publisher, confirms).await?;
-    let request = request("note");
+    let channel = publishing_channel(publisher, confirms).await?;
+    let request = request("note", payload);
     let (channel, request, exchange, routing_key) = (&channel, &request, &exchange, &routing_key);
     let send = move |_| async move {
         let body = wire.encode(request)?;
         publish(channel, exchange, routing_key, &body, wire, confirms).await
     };
-    let result = env.pump(copies, &tally, send).await;
-    for task in tasks {
-        task.abort();
-    }
-    let mut all: Vec<&Connection> = consumers.iter().collect();
-    all.push(&publisher);
-    close(&all).await;
-    result
+    env.pump_within(copies, backlog, &tally, send).await
 }
 
 /// A notification body, fresh ids and timestamp each time, as a notifier sends it.

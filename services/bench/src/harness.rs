@@ -200,6 +200,22 @@ pub(crate) async fn pump<F, Fut>(
     duration: Duration,
     copies: u64,
     tally: &Tally,
+    publish: F,
+) -> Result<f64>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    pump_within(duration, copies, BACKLOG, tally, publish).await
+}
+
+/// [`pump`] letting the consumers fall at most `backlog` deliveries behind instead of
+/// [`BACKLOG`] (large messages: 4096 of 1 MiB would be 4 GiB queued in the broker).
+pub(crate) async fn pump_within<F, Fut>(
+    duration: Duration,
+    copies: u64,
+    backlog: u64,
+    tally: &Tally,
     mut publish: F,
 ) -> Result<f64>
 where
@@ -214,7 +230,7 @@ where
     loop {
         let expected = base + sent * copies;
         let behind = expected.saturating_sub(tally.get());
-        if in_flight.len() < WINDOW && behind <= BACKLOG && Instant::now() < deadline {
+        if in_flight.len() < WINDOW && behind <= backlog && Instant::now() < deadline {
             in_flight.push(publish(sent));
             sent += 1;
             continue;
@@ -227,7 +243,7 @@ where
             break;
         }
         // The window is empty and the consumers are behind: wait for them.
-        tally.wait_for(expected - BACKLOG).await?;
+        tally.wait_for(expected - backlog).await?;
     }
     tally.wait_for(base + sent * copies).await?;
     let elapsed = start.elapsed().as_secs_f64();

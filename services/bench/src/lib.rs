@@ -11,7 +11,7 @@
 //! the scenarios, the oslo section (`oslo`) times oslo.messaging on the same broker beside
 //! tidings' oslo JSON rows, the tail section (`tail`) measures call latency percentiles under an
 //! open loop, and the agents section (`agents`) each idle metering agent's memory, on the
-//! `tidings` binary.
+//! `tidings` binary. The scale section (`scale`, see [`scale`]) runs only when named.
 //!
 //! Unpublished: nothing published may depend on it. It uses the library crates as a user would
 //! and changes none of them.
@@ -20,6 +20,7 @@ mod agents;
 mod baseline;
 mod harness;
 pub mod oslo;
+pub mod scale;
 mod scenarios;
 pub mod store_scale;
 pub mod tail;
@@ -145,6 +146,10 @@ pub struct BenchConfig {
     pub oslo: bool,
     /// The Python the oslo section runs oslo.messaging with.
     pub oslo_python: PathBuf,
+    /// Servers `scale/topics` grows to (10, 100, … up to this).
+    pub scale_topics: usize,
+    /// Idle clients `scale/reply-queues` grows to (100, 1000, … up to this).
+    pub scale_clients: usize,
 }
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
@@ -206,6 +211,8 @@ pub struct Report {
     pub agents: Vec<(String, u64)>,
     /// The oslo section, unless skipped.
     pub oslo: Option<oslo::OsloReport>,
+    /// The scale section, when asked for.
+    pub scale: Option<scale::ScaleReport>,
 }
 
 impl Report {
@@ -282,6 +289,9 @@ impl Report {
         }
         if !self.tail.is_empty() {
             self.tail_table(&mut out);
+        }
+        if let Some(scale) = &self.scale {
+            scale::table(scale, &mut out);
         }
         if !self.agents.is_empty() {
             let _ = writeln!(
@@ -437,6 +447,12 @@ impl Report {
         if let Some(oslo) = &self.oslo {
             map.insert("oslo".to_owned(), oslo.json());
         }
+        if let Some(scale) = &self.scale {
+            map.insert(
+                "scale".to_owned(),
+                serde_json::to_value(scale).unwrap_or_default(),
+            );
+        }
         serde_json::Value::Object(map)
     }
 }
@@ -448,6 +464,9 @@ pub(crate) struct Env {
     duration: Duration,
     sequence: AtomicU64,
     scratch: PathBuf,
+    /// The vhost made for this run, when there is one: the scale section reads the broker's
+    /// side with `rabbitmqctl` only there.
+    private_vhost: Option<String>,
 }
 
 impl Env {
@@ -463,13 +482,29 @@ impl Env {
     }
 
     /// [`harness::pump`] after a warm-up of the same kind: the figure of a throughput scenario.
-    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, mut publish: F) -> Result<f64>
+    async fn pump<F, Fut>(&self, copies: u64, tally: &harness::Tally, publish: F) -> Result<f64>
     where
         F: FnMut(u64) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        harness::pump(self.warm_up(), copies, tally, &mut publish).await?;
-        harness::pump(self.duration, copies, tally, publish).await
+        self.pump_within(copies, harness::BACKLOG, tally, publish)
+            .await
+    }
+
+    /// [`Env::pump`] with the consumers at most `backlog` deliveries behind.
+    async fn pump_within<F, Fut>(
+        &self,
+        copies: u64,
+        backlog: u64,
+        tally: &harness::Tally,
+        mut publish: F,
+    ) -> Result<f64>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        harness::pump_within(self.warm_up(), copies, backlog, tally, &mut publish).await?;
+        harness::pump_within(self.duration, copies, backlog, tally, publish).await
     }
 
     /// `call-1` (µs per call) or, when `concurrent`, `call-64` (calls/s), after a warm-up.
@@ -714,6 +749,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         duration: config.duration,
         sequence: AtomicU64::new(0),
         scratch,
+        private_vhost: vhost.as_ref().map(|vhost| vhost.0.clone()),
     };
     let result = run_in(&env, config, oslo_python.as_deref()).await;
     let _ = std::fs::remove_dir_all(&env.scratch);
@@ -724,6 +760,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
 async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> Result<Report> {
     let selected = selected(&config.only);
     let stores = selected_stores(&config.only);
+    let scale_parts = scale::selected_parts(&config.only);
     let tail = section_selected(&config.only, "tail");
     // The memory section comes with the scenarios; a run of a section alone (store-scale,
     // tail) leaves it out.
@@ -760,7 +797,8 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
                 0
             }
             + stores.len()
-            + oslo_python.map_or(0, |_| oslo::steps(&tidings_rows, rounds)),
+            + oslo_python.map_or(0, |_| oslo::steps(&tidings_rows, rounds))
+            + scale::steps(&scale_parts, config),
         done: 0,
         terminal: std::io::stderr().is_terminal(),
     };
@@ -825,6 +863,11 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
     }
     if let Some(binary) = &agents_binary {
         report.agents = agents::run(env, binary, &mut |what| progress.step(what)).await?;
+    }
+    if !scale_parts.is_empty() {
+        let measured =
+            scale::run(env, &scale_parts, config, &mut |what| progress.step(what)).await?;
+        report.scale = Some(measured);
     }
     for store in stores {
         progress.step(&format!("store-scale/{store}: {} samples", config.samples));

@@ -36,7 +36,8 @@ struct BenchArgs {
     /// Only scenarios and sections whose name starts with this (repeatable), e.g.
     /// --only call-1 --only cast/json, or --only tail (open-loop latency), --only agents
     /// (each idle metering agent's memory) or --only oslo (oslo.messaging on the same broker)
-    /// for one section alone.
+    /// for one section alone; --only scale (or scale/payload, scale/topics, scale/fanout,
+    /// scale/reply-queues) for the scale section, run only when named.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
     /// Run one side only (tidings, or baseline: both bare-lapin sides), e.g. under a profiler;
@@ -44,8 +45,8 @@ struct BenchArgs {
     #[arg(long, value_name = "SIDE", value_parser = ["tidings", "baseline"])]
     side: Option<String>,
     /// Also write {scenario: {tidings, baseline, baseline_unconfirmed, ratio, unit}} (and
-    /// "load_average", "memory", "tail", "agents", "oslo", "store-scale/<store>") as JSON to
-    /// FILE.
+    /// "load_average", "memory", "tail", "agents", "oslo", "store-scale/<store>", "scale") as
+    /// JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Samples store-scale loads into each store (run it with --only store-scale).
@@ -65,6 +66,12 @@ struct BenchArgs {
     /// PostgreSQL server of store-scale/postgres (it makes and drops a schema of its own).
     #[arg(long, value_name = "URL", env = "TIDINGS_BENCH_POSTGRES", default_value = bench::DEFAULT_POSTGRES)]
     postgres: String,
+    /// Servers scale/topics grows to: 10, 100, … up to N, each its own topic.
+    #[arg(long, value_name = "N", default_value_t = bench::scale::DEFAULT_TOPICS)]
+    scale_topics: usize,
+    /// Idle clients (each with a reply queue) scale/reply-queues grows to: 100, 1000, … up to N.
+    #[arg(long, value_name = "N", default_value_t = bench::scale::DEFAULT_CLIENTS)]
+    scale_clients: usize,
 }
 
 /// Exit code of a command line that does not parse (EX_USAGE), as `tidings` uses.
@@ -106,6 +113,8 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         agents: !args.no_agents,
         oslo: !args.no_oslo,
         oslo_python: args.oslo_python,
+        scale_topics: args.scale_topics.max(1),
+        scale_clients: args.scale_clients.max(1),
     };
     if args.quick {
         config.duration = Duration::from_millis(200);

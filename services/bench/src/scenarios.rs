@@ -30,7 +30,7 @@ pub(crate) const MEMORY_ROUNDS: usize = 3;
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// How long servers and listeners get to drain when a run ends.
-const STOP: Duration = Duration::from_secs(5);
+pub(crate) const STOP: Duration = Duration::from_secs(5);
 
 /// Runs `scenario` through tidings; returns its figure (µs per call, or per second).
 pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64> {
@@ -46,7 +46,7 @@ pub(crate) async fn run(env: &Env, scenario: Scenario, wire: Wire) -> Result<f64
     }
 }
 
-async fn transport(env: &Env, wire: Wire) -> Result<Transport> {
+pub(crate) async fn transport(env: &Env, wire: Wire) -> Result<Transport> {
     let options = TransportOptions {
         codec: wire.codec(),
         ..TransportOptions::default()
@@ -56,11 +56,11 @@ async fn transport(env: &Env, wire: Wire) -> Result<Transport> {
 
 /// The keyword arguments of `echo` and `note`.
 #[derive(Deserialize)]
-struct Args {
+pub(crate) struct Args {
     payload: Value,
 }
 
-async fn echo(_context: Context, args: Args) -> Result<Value, RemoteError> {
+pub(crate) async fn echo(_context: Context, args: Args) -> Result<Value, RemoteError> {
     Ok(args.payload)
 }
 
@@ -75,7 +75,7 @@ fn counting_endpoint(tally: Arc<Tally>) -> Endpoint {
     })
 }
 
-fn arguments() -> Value {
+pub(crate) fn arguments() -> Value {
     json!({ "payload": harness::payload() })
 }
 
@@ -100,13 +100,32 @@ pub(crate) struct EchoRpc {
 
 impl EchoRpc {
     pub(crate) async fn start(env: &Env, wire: Wire) -> Result<Self> {
+        Self::start_with(env, wire, arguments()).await
+    }
+
+    /// As [`EchoRpc::start`], every call sending `args` (`{"payload": …}`, echoed back).
+    pub(crate) async fn start_with(env: &Env, wire: Wire, args: Value) -> Result<Self> {
         let server_transport = transport(env, wire).await?;
-        let client_transport = transport(env, wire).await?;
+        let client_transport = match transport(env, wire).await {
+            Ok(transport) => transport,
+            Err(error) => {
+                server_transport.close().await;
+                return Err(error);
+            }
+        };
         let topic = env.name("call");
-        let server = RpcServer::builder(&server_transport, Target::topic(&topic))
+        let server = match RpcServer::builder(&server_transport, Target::topic(&topic))
             .endpoint(Endpoint::new().method("echo", echo))
             .start()
-            .await?;
+            .await
+        {
+            Ok(server) => server,
+            Err(error) => {
+                client_transport.close().await;
+                server_transport.close().await;
+                return Err(error.into());
+            }
+        };
         let client = RpcClient::new(&client_transport, Target::topic(&topic))
             .timeout(Duration::from_secs(30));
         Ok(Self {
@@ -115,7 +134,7 @@ impl EchoRpc {
             server,
             client,
             context: Context::from(harness::context()),
-            args: arguments(),
+            args,
         })
     }
 
@@ -135,35 +154,58 @@ impl EchoRpc {
 /// `cast` (one server) and `fanout-3` (three servers, each on a transport of its own; every
 /// cast is delivered to each).
 async fn cast(env: &Env, wire: Wire, servers: u64) -> Result<f64> {
+    cast_with(env, wire, servers, &arguments(), harness::BACKLOG).await
+}
+
+/// [`cast`] sending `args`, the consumers at most `backlog` deliveries behind. What started
+/// is stopped whether or not the run succeeded.
+pub(crate) async fn cast_with(
+    env: &Env,
+    wire: Wire,
+    servers: u64,
+    args: &Value,
+    backlog: u64,
+) -> Result<f64> {
     let tally = Arc::new(Tally::default());
     let topic = env.name("cast");
     let mut running = Vec::new();
-    for _ in 0..servers {
-        let transport = transport(env, wire).await?;
-        let server = RpcServer::builder(&transport, Target::topic(&topic))
-            .endpoint(counting_endpoint(tally.clone()))
-            .start()
-            .await?;
-        running.push((transport, server));
+    let mut client_transport = None;
+    let result = async {
+        for _ in 0..servers {
+            let transport = transport(env, wire).await?;
+            let server = RpcServer::builder(&transport, Target::topic(&topic))
+                .endpoint(counting_endpoint(tally.clone()))
+                .start()
+                .await;
+            match server {
+                Ok(server) => running.push((transport, server)),
+                Err(error) => {
+                    transport.close().await;
+                    return Err(error.into());
+                }
+            }
+        }
+        let client_transport = client_transport.insert(transport(env, wire).await?);
+        let client = RpcClient::new(
+            client_transport,
+            Target::topic(&topic).with_fanout(servers > 1),
+        );
+        let context = Context::from(harness::context());
+        let (client, context) = (&client, &context);
+        let publish = move |_| async move {
+            client.cast(context, "note", args).await?;
+            Ok(())
+        };
+        env.pump_within(servers, backlog, &tally, publish).await
     }
-    let client_transport = transport(env, wire).await?;
-    let client = RpcClient::new(
-        &client_transport,
-        Target::topic(&topic).with_fanout(servers > 1),
-    );
-    let context = Context::from(harness::context());
-    let args = arguments();
-    let (client, context, args) = (&client, &context, &args);
-    let publish = move |_| async move {
-        client.cast(context, "note", args).await?;
-        Ok(())
-    };
-    let result = env.pump(servers, &tally, publish).await;
+    .await;
     for (transport, server) in running {
         server.stop(STOP).await;
         transport.close().await;
     }
-    client_transport.close().await;
+    if let Some(client_transport) = client_transport {
+        client_transport.close().await;
+    }
     result
 }
 
