@@ -13,7 +13,7 @@
 //! - `fanout`: fanout casts delivered to 3, 10 and 50 servers, each on a transport of its own
 //!   in this process, against the baseline's fanout exchange with one connection per consumer.
 //! - `reply-queues`: idle `RpcClient`s each with a reply queue of its own (a transport has one
-//!   reply queue, so each client has a transport of its own); see [`SharedDriver`] for how
+//!   reply queue, so each client has a transport of its own); see `SharedDriver` for how
 //!   their connections are shared.
 //!
 //! Whatever fails, what a step started is stopped and closed before the error is returned;
