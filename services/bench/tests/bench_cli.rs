@@ -8,6 +8,9 @@
 
 use std::process::Command;
 
+mod support;
+use support::{run_bench, BenchRun};
+
 /// Scenarios whose baseline also runs without publisher confirms.
 const UNCONFIRMED: [&str; 5] = ["call-1", "call-64", "cast", "fanout-3", "notify-batch"];
 
@@ -24,27 +27,18 @@ const SCENARIOS: [&str; 8] = [
 
 #[test]
 fn quick_bench_prints_the_table_and_writes_the_json() {
-    let json_path = std::env::temp_dir().join(format!(
-        "tidings-bench-smoke-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
     // The default URL: the bench makes (and deletes) a private vhost for the run. A full run
     // whose Python for the oslo section is missing goes on without it.
-    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args([
-            "--quick",
-            "--no-agents",
-            "--oslo-python",
-            "/nonexistent/bin/python",
-        ])
-        .arg("--json")
-        .arg(&json_path)
-        .env_remove("TIDINGS_TRANSPORT_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
+    let BenchRun {
+        stdout,
+        stderr,
+        json,
+    } = run_bench([
+        "--quick",
+        "--no-agents",
+        "--oslo-python",
+        "/nonexistent/bin/python",
+    ]);
     // Progress went to stderr, one step per side of each scenario.
     assert!(stderr.contains("call-1/json: tidings"), "{stderr}");
     assert!(
@@ -62,9 +56,6 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     }
     assert!(stdout.contains("lower is better") && stdout.contains("higher is better"));
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json_path);
     let object = json.as_object().unwrap();
     for scenario in SCENARIOS {
         for codec in ["json", "msgpack"] {

@@ -7,8 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
+
+mod support;
+use support::{run_bench, BenchRun};
 
 /// The interop venv's Python, or `None` (after saying why) where a test may skip.
 fn interop_python() -> Option<PathBuf> {
@@ -40,35 +44,30 @@ fn oslo_section_times_oslo_messaging_beside_tidings() {
     let Some(python) = interop_python() else {
         return;
     };
-    let json_path = std::env::temp_dir().join(format!(
-        "tidings-bench-oslo-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
     let started = std::time::Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args([
-            "--quick",
-            "--inflight",
-            "0",
-            "--only",
-            "oslo",
-            "--only",
-            "cast/json",
-            // The row's tidings figure is all the section takes; the baselines would only add
-            // seconds.
-            "--side",
-            "tidings",
-        ])
-        .arg("--oslo-python")
-        .arg(&python)
-        .arg("--json")
-        .arg(&json_path)
-        .env_remove("TIDINGS_TRANSPORT_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
+    let mut args: Vec<OsString> = [
+        "--quick",
+        "--inflight",
+        "0",
+        "--only",
+        "oslo",
+        "--only",
+        "cast/json",
+        // The row's tidings figure is all the section takes; the baselines would only add
+        // seconds.
+        "--side",
+        "tidings",
+        "--oslo-python",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    args.push(python.into_os_string());
+    let BenchRun {
+        stdout,
+        stderr,
+        json,
+    } = run_bench(args);
     eprintln!("oslo section run in {:?}", started.elapsed());
     assert!(
         stdout.contains("oslo.messaging 18.3.1, same broker, same run"),
@@ -78,9 +77,6 @@ fn oslo_section_times_oslo_messaging_beside_tidings() {
     assert!(stderr.contains("oslo: call-1/json: tidings"), "{stderr}");
     assert!(!stderr.contains("oslo: cast/json: tidings"), "{stderr}");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json_path);
     let keys: Vec<&str> = json
         .as_object()
         .unwrap()

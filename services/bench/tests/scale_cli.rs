@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
 use serde_json::Value;
+
+mod support;
+use support::{run_bench, BenchRun};
 
 /// A positive, finite number at `key` of `row`.
 fn positive(row: &Value, key: &str) -> f64 {
@@ -26,30 +27,19 @@ fn pair(row: &Value, key: &str) {
 
 #[test]
 fn quick_scale_run_writes_every_part() {
-    let json_path = std::env::temp_dir().join(format!(
-        "tidings-bench-scale-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args([
-            "--quick",
-            "--only",
-            "scale",
-            "--scale-topics",
-            "20",
-            "--scale-clients",
-            "50",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env_remove("TIDINGS_TRANSPORT_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json_path);
+    let BenchRun {
+        stdout,
+        stderr: _,
+        json,
+    } = run_bench([
+        "--quick",
+        "--only",
+        "scale",
+        "--scale-topics",
+        "20",
+        "--scale-clients",
+        "50",
+    ]);
     // scale alone: no scenario, no memory section; the load average is always there.
     let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["load_average", "scale"], "{json:#}");

@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod support;
+use support::{run_bench, BenchRun};
 
 /// The keys of `store-scale/<store>` (a contract).
 const KEYS: [&str; 8] = [
@@ -20,22 +21,11 @@ const KEYS: [&str; 8] = [
 
 #[test]
 fn store_scale_loads_measures_and_expires_both_stores() {
-    let json_path = std::env::temp_dir().join(format!(
-        "tidings-store-scale-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args(["--only", "store-scale", "--samples", "3000", "--json"])
-        .arg(&json_path)
-        .env_remove("TIDINGS_TRANSPORT_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stdout}\n{stderr}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json_path);
+    let BenchRun {
+        stdout,
+        stderr: _,
+        json,
+    } = run_bench(["--only", "store-scale", "--samples", "3000"]);
     // store-scale alone: no other scenario, no memory section; the load average is always there.
     assert_eq!(json.as_object().unwrap().len(), 3, "{json:#}");
     assert!(json["load_average"]["before"].is_number(), "{json:#}");
