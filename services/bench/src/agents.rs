@@ -10,9 +10,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::child::{ChildProcess, POLL};
 use super::harness::{self, BenchError, Result};
 use super::Env;
 
@@ -40,9 +41,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// How long an agent may take to exit after SIGTERM (the launcher drains for up to 30 s).
 const EXIT_WITHIN: Duration = Duration::from_secs(40);
-
-/// How often the log, `/health` and the process's state are looked at while waiting.
-const POLL: Duration = Duration::from_millis(100);
 
 /// One request to `/health`: connecting, sending and reading the status line.
 const HEALTH_REQUEST: Duration = Duration::from_secs(2);
@@ -87,14 +85,13 @@ pub(crate) async fn run(
 /// A running agent, killed (and reaped) if it is still running when dropped, so that no error
 /// path leaves one behind.
 struct AgentProcess {
-    child: Child,
-    log: PathBuf,
+    process: ChildProcess,
 }
 
 impl AgentProcess {
     /// Whether it has exited, with its log's last lines when it has.
     fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
+        match self.process.try_wait() {
             Ok(Some(status)) => Some(format!("exited ({status}): {}", self.log_tail())),
             Ok(None) => None,
             Err(error) => Some(format!("cannot be waited for: {error}")),
@@ -102,14 +99,12 @@ impl AgentProcess {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        self.process.log_tail(5)
     }
 
     /// SIGTERM, then waits up to [`EXIT_WITHIN`] for the exit.
     async fn terminate(mut self) -> Result<()> {
-        let pid = self.child.id().to_string();
+        let pid = self.process.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .stdin(Stdio::null())
@@ -119,27 +114,16 @@ impl AgentProcess {
         if !sent.success() {
             return Err(BenchError(format!("kill -TERM {pid} failed: {sent}")));
         }
-        let deadline = Instant::now() + EXIT_WITHIN;
-        loop {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                // The guard kills it.
-                return Err(BenchError(format!(
-                    "still running {EXIT_WITHIN:?} after SIGTERM"
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match self
+            .process
+            .wait_until(Instant::now() + EXIT_WITHIN)
+            .await?
+        {
+            Some(_) => Ok(()),
+            // The guard kills it.
+            None => Err(BenchError(format!(
+                "still running {EXIT_WITHIN:?} after SIGTERM"
+            ))),
         }
     }
 }
@@ -192,8 +176,7 @@ async fn measure_with(
         .spawn()
         .map_err(|e| BenchError(format!("cannot start {}: {e}", binary.display())))?;
     let mut agent = AgentProcess {
-        child,
-        log: log.to_owned(),
+        process: ChildProcess::new(child, log.to_owned()),
     };
     let deadline = Instant::now() + HEALTHY_WITHIN;
     let admin = admin_address(&mut agent, deadline).await?;
@@ -202,7 +185,7 @@ async fn measure_with(
     if let Some(why) = agent.exited() {
         return Err(BenchError(why));
     }
-    let rss_kib = harness::process_rss_kib(agent.child.id())
+    let rss_kib = harness::process_rss_kib(agent.process.id())
         .ok_or_else(|| BenchError("no VmRSS in its /proc status".into()))?;
     agent.terminate().await?;
     Ok(rss_kib)
@@ -212,7 +195,7 @@ async fn measure_with(
 async fn admin_address(agent: &mut AgentProcess, deadline: Instant) -> Result<SocketAddr> {
     const MARK: &str = "admin listener on http://";
     loop {
-        let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        let log = std::fs::read_to_string(agent.process.log()).unwrap_or_default();
         let address = log.lines().find_map(|line| {
             let rest = &line[line.find(MARK)? + MARK.len()..];
             rest.split_whitespace().next()?.parse().ok()

@@ -18,6 +18,7 @@
 
 mod agents;
 mod baseline;
+mod child;
 mod harness;
 pub mod oslo;
 pub mod scale;

@@ -10,12 +10,13 @@
 //! killed on every path that does not see it exit, so no Python process outlives the section.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tidings::url::Scheme;
 
+use super::child::ChildProcess;
 use super::harness::{BenchError, Result, Wire};
 use super::{scenarios, Env, Row, Scenario};
 
@@ -34,9 +35,6 @@ const COMMON: &str = include_str!("../../../tests/interop/common.py");
 /// connections, its own wait of up to 120 s for the server to handle every cast, and a
 /// reconnect pause while stopping. Past it, the child is taken to hang.
 const SLACK: Duration = Duration::from_secs(180);
-
-/// How often the child is looked at while it runs.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Lines of the child's stderr quoted when it fails (the traceback's end).
 const STDERR_LINES: usize = 8;
@@ -195,33 +193,13 @@ pub(crate) async fn run(
     Ok(report)
 }
 
-/// The child Python, killed and reaped if still running when dropped: an error, a timeout or a
-/// cancelled future never leaves it behind.
-struct OsloProcess {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl OsloProcess {
-    /// The last lines of its stderr, joined for one error message.
-    fn stderr_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" | ");
-        if tail.is_empty() {
-            "no output on stderr".to_owned()
-        } else {
-            tail
-        }
-    }
-}
-
-impl Drop for OsloProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// The last lines of the child's stderr, for one error message.
+fn stderr_tail(process: &ChildProcess) -> String {
+    let tail = process.log_tail(STDERR_LINES);
+    if tail.is_empty() {
+        "no output on stderr".to_owned()
+    } else {
+        tail
     }
 }
 
@@ -263,27 +241,20 @@ async fn run_script(env: &Env, python: &Path, dir: &Path) -> Result<(String, Vec
         .stderr(std::fs::File::create(&stderr)?)
         .spawn()
         .map_err(|e| BenchError(format!("oslo: cannot start {}: {e}", python.display())))?;
-    let mut process = OsloProcess { child, stderr };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = process.child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let tail = process.stderr_tail();
-            drop(process);
-            return Err(BenchError(format!(
-                "oslo: oslo_bench.py did not finish within {} s and was killed: {tail}",
-                timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(POLL).await;
+    let mut process = ChildProcess::new(child, stderr);
+    let Some(status) = process.wait_until(Instant::now() + timeout).await? else {
+        let tail = stderr_tail(&process);
+        drop(process);
+        return Err(BenchError(format!(
+            "oslo: oslo_bench.py did not finish within {} s and was killed: {tail}",
+            timeout.as_secs()
+        )));
     };
     if !status.success() {
         return Err(BenchError(format!(
             "oslo: oslo_bench.py failed ({status}) with {}: {}",
             python.display(),
-            process.stderr_tail()
+            stderr_tail(&process)
         )));
     }
     let text = std::fs::read_to_string(&json_path)
@@ -345,18 +316,6 @@ mod tests {
         assert!(parse(missing).unwrap_err().0.contains("call-64/json"));
         let unit = r#"{"call-1/json": {"oslo": 1.0, "unit": "ms/call"}, "version": "1"}"#;
         assert!(parse(unit).unwrap_err().0.contains("ms/call"));
-    }
-
-    #[test]
-    fn a_dropped_process_is_killed_and_reaped() {
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        drop(OsloProcess {
-            child,
-            stderr: PathBuf::from("/nonexistent"),
-        });
-        // Reaped, so not even a zombie is left.
-        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 
     #[test]
