@@ -409,7 +409,7 @@ async fn delete_raw_samples(backend: Backend, home: &Home) {
     match (backend, home) {
         (Backend::SqliteFile, Home::Dir(dir)) => {
             let conn = rusqlite::Connection::open(dir.0.join("metering.sqlite")).unwrap();
-            conn.execute("DELETE FROM samples", []).unwrap();
+            conn.execute("DELETE FROM sample_points", []).unwrap();
         }
         (Backend::Postgres, Home::Schema(schema)) => {
             schema
@@ -736,4 +736,322 @@ async fn postgresql_writers_on_several_connections_lose_nothing() {
     assert_eq!(whole[0].count, all.len() as u64);
     let expected: f64 = all.iter().map(|s| s.volume).sum();
     assert!((whole[0].sum - expected).abs() < 1e-9);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite's layout: series, metadata and points
+
+fn sqlite_file(home: &Home) -> rusqlite::Connection {
+    match home {
+        Home::Dir(dir) => rusqlite::Connection::open(dir.0.join("metering.sqlite")).unwrap(),
+        _ => unreachable!("a SQLite file"),
+    }
+}
+
+/// A database of one wide row per sample and the catalogue that went with it (the version
+/// before series) moves into series, metadata and points: every message id and metadata
+/// comes back through the `samples` view as it went in, and the old tables are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_of_wide_rows_moves_into_series_and_points() {
+    let home = Home::new(Backend::SqliteFile).await;
+    let mut old = three_days("cpu");
+    for (i, s) in old.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            // Most ids are UUIDs (stored as 16 bytes); some are not (stored as text).
+            s.message_id = uuid::Uuid::new_v4().to_string();
+        }
+    }
+    let fill = format!(
+        "{OLD_SAMPLES} INSERT INTO samples VALUES {};
+         UPDATE samples SET resource_metadata =
+             '{{\"host\": \"h' || (ts / 600000000 % 3) || '\"}}';
+         CREATE TABLE meter_catalogue (
+             meter TEXT NOT NULL, resource_id TEXT NOT NULL, source TEXT NOT NULL,
+             unit TEXT NOT NULL, counter_type TEXT NOT NULL, project_key TEXT NOT NULL,
+             user_key TEXT NOT NULL, last_ts INTEGER NOT NULL,
+             PRIMARY KEY (meter, resource_id, source, unit, counter_type, project_key, user_key)
+         ) WITHOUT ROWID;
+         INSERT INTO meter_catalogue SELECT meter, resource_id, source, unit, counter_type,
+             '=' || project_id, '=' || user_id, MAX(ts) FROM samples
+             GROUP BY meter, resource_id, source, unit, counter_type, project_id, user_id;",
+        old_rows(&old)
+    );
+    sqlite_file(&home).execute_batch(&fill).unwrap();
+    let wanted: Vec<(String, String)> = {
+        let conn = sqlite_file(&home);
+        let mut statement = conn
+            .prepare("SELECT message_id, resource_metadata FROM samples ORDER BY message_id")
+            .unwrap();
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+
+    let store = home.open(StoreLayout::default()).await;
+    let conn = sqlite_file(&home);
+    let kind: String = conn
+        .query_row(
+            "SELECT type FROM sqlite_master WHERE name = 'samples'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "view");
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'samples_before_series'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0);
+    let got: Vec<(String, String)> = {
+        let mut statement = conn
+            .prepare("SELECT message_id, resource_metadata FROM samples ORDER BY message_id")
+            .unwrap();
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(got, wanted);
+    let (series, metadata, blobs): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM meter_catalogue), (SELECT COUNT(*) FROM sample_metadata), \
+             (SELECT COUNT(*) FROM sample_points WHERE typeof(message_id) = 'blob')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (series, metadata),
+        (2, 6),
+        "two resources, three metadata each"
+    );
+    assert_eq!(blobs, old.len() as i64 / 2);
+
+    let reference_home = Home::new(Backend::SqliteFile).await;
+    let reference = reference_home.open(raw_only()).await;
+    reference.record(&old).await.unwrap();
+    assert_eq!(store.record(&old).await.unwrap(), 0, "all stored before");
+    assert_eq!(
+        store.meters(None).await.unwrap(),
+        reference.meters(None).await.unwrap()
+    );
+    for period in [0, 3_600] {
+        let query = StatisticsQuery {
+            meter: "cpu".into(),
+            period,
+            ..StatisticsQuery::default()
+        };
+        same_statistics(
+            &format!("moved, period {period}"),
+            &store.statistics(&query).await.unwrap(),
+            &reference.statistics(&query).await.unwrap(),
+        );
+    }
+
+    // Roll-ups clustered by their key, as an older version kept them, are put back in
+    // insertion order when the file is opened.
+    drop(store);
+    conn.execute_batch(
+        "CREATE TABLE clustered (meter TEXT NOT NULL, scope INTEGER NOT NULL,
+             period INTEGER NOT NULL, resource_id TEXT NOT NULL, project_key TEXT NOT NULL,
+             unit TEXT NOT NULL, bucket_start INTEGER NOT NULL, n INTEGER NOT NULL,
+             total REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL,
+             first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+             PRIMARY KEY (meter, scope, period, resource_id, project_key, unit, bucket_start)
+         ) WITHOUT ROWID;
+         INSERT INTO clustered SELECT meter, scope, period, resource_id, project_key, unit,
+             bucket_start, n, total, low, high, first_ts, last_ts FROM sample_rollups;
+         DROP TABLE sample_rollups;
+         ALTER TABLE clustered RENAME TO sample_rollups;
+         CREATE INDEX sample_rollups_age ON sample_rollups (meter, bucket_start);",
+    )
+    .unwrap();
+    let store = home.open(StoreLayout::default()).await;
+    let layout: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'sample_rollups'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!layout.contains("WITHOUT ROWID"), "{layout}");
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'sample_rollups' \
+             AND name = 'sample_rollups_age'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 1);
+    for period in [0, 3_600, 86_400] {
+        let query = StatisticsQuery {
+            meter: "cpu".into(),
+            period,
+            ..StatisticsQuery::default()
+        };
+        same_statistics(
+            &format!("roll-ups reordered, period {period}"),
+            &store.statistics(&query).await.unwrap(),
+            &reference.statistics(&query).await.unwrap(),
+        );
+    }
+}
+
+/// Two stores on one file: when one's expiry removes a series (and its metadata), the other,
+/// which wrote that series before, writes it again as a new series rather than under the
+/// removed id; metadata whose samples all expired goes, the rest stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_removes_series_and_metadata_under_another_writer() {
+    let layout = StoreLayout {
+        metering_time_to_live: 86_400,
+        expiry_batch: 100,
+        ..StoreLayout::default()
+    };
+    let home = Home::new(Backend::SqliteFile).await;
+    let expirer = home.open(layout.clone()).await;
+    let writer = home.open(layout).await;
+    let with_host = |mut s: Sample, host: &str| {
+        s.resource_metadata
+            .insert("host".into(), serde_json::Value::from(host));
+        s
+    };
+    // r-gone: one sample, on day 0. r-kept: one on day 0 (host a) and one on day 2 (host b).
+    writer
+        .record(&[
+            with_host(
+                sample("g0".into(), "cpu", "r-gone", Some("p"), "%", HOUR_US, 1.0),
+                "a",
+            ),
+            with_host(
+                sample("k0".into(), "cpu", "r-kept", Some("p"), "%", HOUR_US, 2.0),
+                "a",
+            ),
+            with_host(
+                sample(
+                    "k1".into(),
+                    "cpu",
+                    "r-kept",
+                    Some("p"),
+                    "%",
+                    2 * DAY_US,
+                    3.0,
+                ),
+                "b",
+            ),
+        ])
+        .await
+        .unwrap();
+    let now = at_us(2 * DAY_US + HOUR_US);
+    let done = retention::expire(expirer.as_ref(), now).await.unwrap();
+    assert_eq!(done.samples, 2, "{done:?}");
+    let conn = sqlite_file(&home);
+    let rows: Vec<(String, String)> = {
+        let mut statement = conn
+            .prepare(
+                "SELECT c.resource_id, m.body FROM sample_metadata m \
+                 JOIN meter_catalogue c ON c.series_id = m.series_id ORDER BY 1, 2",
+            )
+            .unwrap();
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(rows, [("r-kept".to_owned(), r#"{"host":"b"}"#.to_owned())]);
+    let series: i64 = conn
+        .query_row("SELECT COUNT(*) FROM meter_catalogue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(series, 1);
+
+    // The writer knew r-gone's series and host a's metadata; both are gone.
+    writer
+        .record(&[with_host(
+            sample(
+                "g1".into(),
+                "cpu",
+                "r-gone",
+                Some("p"),
+                "%",
+                2 * DAY_US,
+                5.0,
+            ),
+            "a",
+        )])
+        .await
+        .unwrap();
+    let resources: Vec<String> = expirer
+        .meters(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.resource_id)
+        .collect();
+    assert_eq!(resources, ["r-gone", "r-kept"]);
+    let gone = expirer
+        .statistics(&StatisticsQuery {
+            meter: "cpu".into(),
+            resource_id: Some("r-gone".into()),
+            ..StatisticsQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((gone[0].count, gone[0].sum), (1, 5.0));
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sample_points p WHERE NOT EXISTS \
+             (SELECT 1 FROM meter_catalogue c WHERE c.series_id = p.series_id) \
+             OR NOT EXISTS (SELECT 1 FROM sample_metadata m WHERE m.metadata_id = p.metadata_id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+/// Expiry gives the freed pages back to the file system many at a time, not one per step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_gives_pages_back_in_bounded_runs() {
+    let layout = StoreLayout {
+        metering_time_to_live: 86_400,
+        ..StoreLayout::default()
+    };
+    let home = Home::new(Backend::SqliteFile).await;
+    let store = home.open(layout).await;
+    let old: Vec<Sample> = (0..20_000)
+        .map(|i| {
+            sample(
+                format!("{i:08}-0000-4000-8000-000000000000"),
+                "cpu",
+                &format!("r{}", i % 50),
+                Some("p"),
+                "%",
+                i64::from(i) * 1_000_000,
+                1.0,
+            )
+        })
+        .collect();
+    for batch in old.chunks(2_000) {
+        store.record(batch).await.unwrap();
+    }
+    let now = at_us(3 * DAY_US);
+    let mut most_pages = 0;
+    let mut steps = 0;
+    loop {
+        let step = store.expire_step(now).await.unwrap();
+        if step.is_empty() {
+            break;
+        }
+        most_pages = most_pages.max(step.pages);
+        steps += 1;
+        assert!(steps < 10_000, "expiry does not end");
+    }
+    assert!(
+        most_pages > 100,
+        "one step gave back at most {most_pages} pages"
+    );
 }

@@ -2,9 +2,11 @@
 //! user ever stored (and not expired), kept as samples arrive, so that listing meters costs
 //! what the catalogue holds rather than what the samples hold.
 //!
-//! Each row carries the time of its newest sample (`last_ts`); expiry removes the rows whose
-//! newest sample has gone, so the catalogue always lists exactly what a `DISTINCT` over the
-//! samples would. Project and user ids are stored as [`owner_key`]s.
+//! On PostgreSQL each row carries the time of its newest sample (`last_ts`) and expiry removes
+//! the rows whose newest sample has gone; on SQLite the catalogue is the series table that
+//! samples point to, and expiry removes series left without samples. Either way it lists
+//! what a `DISTINCT` over the samples would. Project and user ids are stored as
+//! [`owner_key`]s.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +24,7 @@ pub(super) const CATALOGUE_KEY: &str =
     "meter, resource_id, source, unit, counter_type, project_key, user_key";
 
 /// One catalogue row's identity.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct CatalogueKey {
     pub meter: String,
     pub resource_id: String,

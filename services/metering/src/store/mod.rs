@@ -37,6 +37,7 @@ mod rollup;
 mod sql;
 pub mod sqlite;
 mod sqlite_samples;
+mod sqlite_series;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -333,7 +333,7 @@ impl Store for PostgresStore {
                 .map(|row| sql::to_statistics(row, query.period))
                 .collect();
         }
-        let filter = sql::sample_filter(query, dollar);
+        let filter = sql::sample_filter(query, None, dollar);
         let periodic = query.period > 0;
         let text = sql::statistics_sql(&filter, periodic, dollar);
         let mut params = filter.params.clone();

@@ -401,7 +401,7 @@ pub(super) async fn rollup_rows(
     };
     let mut parts = Vec::new();
     for segment in &plan.segments {
-        let (text, params) = rollup::segment_sql(query, &plan, segment, dollar);
+        let (text, params) = rollup::segment_sql(query, &plan, segment, None, dollar);
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(as_sql).collect();
         for row in client.query(&text, &refs).await.map_err(backend)? {
             parts.push(part(&row).map_err(backend)?);

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{micros, period_micros, Param, SampleRow, StatsRow};
+use super::sql::{chunk_of, micros, period_micros, Param, SampleRow, StatsRow};
 use crate::model::StatisticsQuery;
 
 /// Roll-up rows of one resource.
@@ -347,6 +347,7 @@ pub(super) fn segment_sql(
     query: &StatisticsQuery,
     plan: &Plan,
     segment: &Segment,
+    chunk_us: Option<i64>,
     placeholder: fn(usize) -> String,
 ) -> (String, Vec<Param>) {
     let mut params = vec![Param::Int(plan.origin), Param::Int(plan.length)];
@@ -370,6 +371,13 @@ pub(super) fn segment_sql(
             filter.push_str(&format!(" AND ts >= {}", placeholder(params.len())));
             params.push(Param::Int(to));
             filter.push_str(&format!(" AND ts <= {}", placeholder(params.len())));
+            // See `sql::sample_filter`.
+            if let Some(length) = chunk_us {
+                params.push(Param::Int(chunk_of(from, length)));
+                filter.push_str(&format!(" AND chunk >= {}", placeholder(params.len())));
+                params.push(Param::Int(chunk_of(to, length)));
+                filter.push_str(&format!(" AND chunk <= {}", placeholder(params.len())));
+            }
             (
                 format!(
                     "SELECT (ts - CAST({origin} AS BIGINT)) / CAST({length} AS BIGINT) AS k, \

@@ -66,8 +66,12 @@ pub(super) struct SampleFilter {
 }
 
 /// Builds the filter for `query` with `placeholder(n)` giving the n-th (1-based) parameter.
+/// `chunk_us`: the length of the time chunks a backend files samples under (a `chunk`
+/// column, `ts` divided by it); time bounds then bound the chunks too, so that only the
+/// chunks in range are read.
 pub(super) fn sample_filter(
     query: &StatisticsQuery,
+    chunk_us: Option<i64>,
     placeholder: fn(usize) -> String,
 ) -> SampleFilter {
     let mut sql = String::new();
@@ -89,11 +93,22 @@ pub(super) fn sample_filter(
     }
     if let Some(start) = &query.start {
         push("ts >= ", Param::Int(micros(start)));
+        if let Some(length) = chunk_us {
+            push("chunk >= ", Param::Int(chunk_of(micros(start), length)));
+        }
     }
     if let Some(end) = &query.end {
         push("ts <= ", Param::Int(micros(end)));
+        if let Some(length) = chunk_us {
+            push("chunk <= ", Param::Int(chunk_of(micros(end), length)));
+        }
     }
     SampleFilter { sql, params }
+}
+
+/// The chunk of `length` µs holding the time `ts` (µs).
+pub(super) fn chunk_of(ts: i64, length: i64) -> i64 {
+    ts.div_euclid(length.max(1))
 }
 
 /// The parameters that follow the filter's in a periodic [`statistics_sql`].
@@ -312,7 +327,7 @@ mod tests {
             start: DateTime::from_timestamp(0, 0),
             ..StatisticsQuery::default()
         };
-        let filter = sample_filter(&query, dollar);
+        let filter = sample_filter(&query, None, dollar);
         assert_eq!(filter.sql, "meter = $1 AND resource_id = $2 AND ts >= $3");
         let sql = statistics_sql(&filter, true, dollar);
         assert!(sql.contains("CAST($4 AS BIGINT)"), "{sql}");

@@ -7,8 +7,9 @@
 //! threads. `sqlite::memory:` is one private database on one thread (an in-memory database is
 //! per connection).
 //!
-//! The catalogue, roll-ups and expiry live in the module `store::sqlite_samples`; a
-//! new file gives the pages that expiry frees back to the file system (incremental vacuum).
+//! How samples are laid out (series, metadata, hourly chunks of points) lives in
+//! `store::sqlite_series`; roll-ups, statistics and expiry in `store::sqlite_samples`. A new
+//! file gives the pages that expiry frees back to the file system (incremental vacuum).
 //!
 //! Durability: `synchronous=NORMAL`, SQLite's advice for WAL: a committed batch survives a
 //! crash of the process; a power cut may lose the last batches, never corrupt the file.
@@ -16,35 +17,23 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::StoreLayout;
 use super::retention::Expired;
-use super::sql::{self, SampleRow, SAMPLE_COLUMNS};
+use super::sql::{self, SampleRow};
 use super::sqlite_samples;
+use super::sqlite_series::{self, ExpiryProgress, SeriesCache};
 use super::{AlarmPage, Store, StoreError};
 use crate::model::{Alarm, AlarmChange, MeterInfo, Sample, Statistics, StatisticsQuery};
 
+/// The alarm tables; the samples' are made by [`sqlite_samples::upgrade`].
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS samples (
-    message_id TEXT PRIMARY KEY,
-    meter TEXT NOT NULL,
-    counter_type TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    volume REAL NOT NULL,
-    source TEXT NOT NULL,
-    user_id TEXT,
-    project_id TEXT,
-    resource_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    resource_metadata TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts);
 CREATE TABLE IF NOT EXISTS alarms (
     alarm_id TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -65,6 +54,12 @@ const QUEUE: usize = 64;
 
 /// Bytes the write-ahead log is cut back to after a checkpoint.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// The page cache of each connection, in KiB.
+const CACHE_KIB: i64 = 16 << 10;
+
+/// How much of the file each connection maps into memory.
+const MMAP_BYTES: i64 = 256 << 20;
 
 /// How long a connection waits for another's lock before failing.
 const BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -142,6 +137,10 @@ pub struct SqliteStore {
     layout: Arc<StoreLayout>,
     /// Roll-up periods (seconds, ascending), from the layout.
     periods: Arc<[u64]>,
+    /// The series ids the writer has seen; used only on the writer thread.
+    series: Arc<Mutex<SeriesCache>>,
+    /// How far the current expiry run has got; used only on the writer thread.
+    expiry: Arc<Mutex<ExpiryProgress>>,
     writer: DbThread,
     reader: DbThread,
 }
@@ -202,6 +201,8 @@ impl SqliteStore {
             path: Some(path),
             layout: Arc::new(layout),
             periods,
+            series: Arc::default(),
+            expiry: Arc::default(),
             writer,
             reader,
         })
@@ -230,6 +231,8 @@ impl SqliteStore {
             path: None,
             layout: Arc::new(layout),
             periods,
+            series: Arc::default(),
+            expiry: Arc::default(),
             writer: thread.clone(),
             reader: thread,
         })
@@ -239,6 +242,11 @@ impl SqliteStore {
 fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(u64::from(BUSY_TIMEOUT_MS)))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The pages a batch of samples touches (the current hour of every series, its roll-ups)
+    // stay in the cache; reads of the file go through memory mapping, not a system call
+    // per page. Both are bounds, reached only as the file grows.
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(())
 }
 
@@ -335,42 +343,25 @@ impl Store for SqliteStore {
         }
         let rows: Vec<SampleRow> = samples.iter().map(SampleRow::new).collect();
         let periods = self.periods.clone();
+        let series = self.series.clone();
         self.writer
             .run(move |conn| {
-                let tx = conn.transaction().map_err(write_error)?;
-                let mut fresh: Vec<&SampleRow> = Vec::with_capacity(rows.len());
-                {
-                    let mut insert = tx
-                        .prepare_cached(&format!(
-                            "INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES \
-                             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                             ON CONFLICT (message_id) DO NOTHING"
-                        ))
-                        .map_err(write_error)?;
-                    for r in &rows {
-                        let new = insert
-                            .execute(params![
-                                r.message_id,
-                                r.meter,
-                                r.counter_type,
-                                r.unit,
-                                r.volume,
-                                r.source,
-                                r.user_id,
-                                r.project_id,
-                                r.resource_id,
-                                r.ts,
-                                r.resource_metadata,
-                            ])
-                            .map_err(write_error)?;
-                        if new > 0 {
-                            fresh.push(r);
-                        }
-                    }
+                let mut cache = series.lock().unwrap_or_else(PoisonError::into_inner);
+                // The write lock first: the catalogue epoch read next must stay current.
+                let written = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .and_then(|tx| {
+                        let fresh = sqlite_series::insert(&tx, &rows, &mut cache)?;
+                        let fresh: Vec<&SampleRow> = fresh.iter().map(|&i| &rows[i]).collect();
+                        sqlite_samples::summarise(&tx, &fresh, &periods)?;
+                        tx.commit()?;
+                        Ok(fresh.len())
+                    });
+                if written.is_err() {
+                    // Ids made in the rolled-back transaction are gone.
+                    cache.clear();
                 }
-                sqlite_samples::summarise(&tx, &fresh, &periods).map_err(write_error)?;
-                tx.commit().map_err(write_error)?;
-                Ok(fresh.len())
+                written.map_err(write_error)
             })
             .await
     }
@@ -396,8 +387,12 @@ impl Store for SqliteStore {
         }
         let layout = self.layout.clone();
         let periods = self.periods.clone();
+        let expiry = self.expiry.clone();
         self.writer
-            .run(move |conn| sqlite_samples::expire_step(conn, &layout, &periods, now))
+            .run(move |conn| {
+                let mut progress = expiry.lock().unwrap_or_else(PoisonError::into_inner);
+                sqlite_samples::expire_step(conn, &layout, &periods, now, &mut progress)
+            })
             .await
     }
 
