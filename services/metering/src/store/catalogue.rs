@@ -35,13 +35,10 @@ pub(super) struct CatalogueKey {
     pub user_key: String,
 }
 
-/// The catalogue rows newly stored samples touch, with their newest time, in key order.
-pub(super) fn deltas<'a>(
-    rows: impl IntoIterator<Item = &'a SampleRow>,
-) -> BTreeMap<CatalogueKey, i64> {
-    let mut out: BTreeMap<CatalogueKey, i64> = BTreeMap::new();
-    for row in rows {
-        let key = CatalogueKey {
+impl CatalogueKey {
+    /// The catalogue row (on SQLite, the series) of a sample.
+    pub fn of(row: &SampleRow) -> Self {
+        Self {
             meter: row.meter.clone(),
             resource_id: row.resource_id.clone(),
             source: row.source.clone(),
@@ -49,7 +46,17 @@ pub(super) fn deltas<'a>(
             counter_type: row.counter_type,
             project_key: owner_key(row.project_id.as_deref()),
             user_key: owner_key(row.user_id.as_deref()),
-        };
+        }
+    }
+}
+
+/// The catalogue rows newly stored samples touch, with their newest time, in key order.
+pub(super) fn deltas<'a>(
+    rows: impl IntoIterator<Item = &'a SampleRow>,
+) -> BTreeMap<CatalogueKey, i64> {
+    let mut out: BTreeMap<CatalogueKey, i64> = BTreeMap::new();
+    for row in rows {
+        let key = CatalogueKey::of(row);
         out.entry(key)
             .and_modify(|last| *last = (*last).max(row.ts))
             .or_insert(row.ts);

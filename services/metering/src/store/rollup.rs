@@ -85,6 +85,22 @@ impl Aggregate {
         }
     }
 
+    /// The statistics row of bucket `bucket` from `origin` (µs) in `unit`.
+    pub fn into_row(self, bucket: i64, unit: String, origin: i64) -> StatsRow {
+        StatsRow {
+            bucket,
+            unit,
+            count: self.count,
+            sum: self.sum,
+            avg: self.sum / self.count as f64,
+            min: self.min,
+            max: self.max,
+            first: self.first,
+            last: self.last,
+            origin,
+        }
+    }
+
     /// Adds `other`'s samples.
     pub fn add(&mut self, other: &Aggregate) {
         self.count += other.count;
@@ -441,18 +457,7 @@ pub(super) fn merge(plan: &Plan, parts: impl IntoIterator<Item = Part>) -> Vec<S
     }
     buckets
         .into_iter()
-        .map(|((bucket, unit), a)| StatsRow {
-            bucket,
-            unit,
-            count: a.count,
-            sum: a.sum,
-            avg: a.sum / a.count as f64,
-            min: a.min,
-            max: a.max,
-            first: a.first,
-            last: a.last,
-            origin: plan.origin,
-        })
+        .map(|((bucket, unit), a)| a.into_row(bucket, unit, plan.origin))
         .collect()
 }
 

@@ -306,18 +306,7 @@ fn bucketed_in_memory(
     let mut out: Vec<StatsRow> = Vec::new();
     for (unit, buckets) in units {
         for (bucket, a) in buckets {
-            out.push(StatsRow {
-                bucket,
-                unit: unit.clone(),
-                count: a.count,
-                sum: a.sum,
-                avg: a.sum / a.count as f64,
-                min: a.min,
-                max: a.max,
-                first: a.first,
-                last: a.last,
-                origin,
-            });
+            out.push(a.into_row(bucket, unit.clone(), origin));
         }
     }
     out.sort_by(|a, b| (a.bucket, &a.unit).cmp(&(b.bucket, &b.unit)));

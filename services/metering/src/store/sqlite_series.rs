@@ -32,7 +32,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use super::catalogue::CatalogueKey;
-use super::rollup::{bucket_start, owner_key};
+use super::rollup::bucket_start;
 use super::sql::{chunk_of, SampleRow};
 
 /// The series, metadata and sample tables, and the view over them.
@@ -294,15 +294,7 @@ pub(super) fn insert(
 }
 
 fn series_id(conn: &Connection, row: &SampleRow, cache: &mut SeriesCache) -> rusqlite::Result<i64> {
-    let key = CatalogueKey {
-        meter: row.meter.clone(),
-        resource_id: row.resource_id.clone(),
-        source: row.source.clone(),
-        unit: row.unit.clone(),
-        counter_type: row.counter_type,
-        project_key: owner_key(row.project_id.as_deref()),
-        user_key: owner_key(row.user_id.as_deref()),
-    };
+    let key = CatalogueKey::of(row);
     if let Some(&id) = cache.series.get(&key) {
         return Ok(id);
     }
