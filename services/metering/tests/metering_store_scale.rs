@@ -232,6 +232,28 @@ fn same_statistics(context: &str, got: &[Statistics], want: &[Statistics]) {
     }
 }
 
+/// Compares `store`'s whole-range statistics of `meter` with `reference`'s, for each period.
+async fn same_periods(
+    context: &str,
+    store: &dyn Store,
+    reference: &dyn Store,
+    meter: &str,
+    periods: &[u64],
+) {
+    for &period in periods {
+        let query = StatisticsQuery {
+            meter: meter.into(),
+            period,
+            ..StatisticsQuery::default()
+        };
+        same_statistics(
+            &format!("{context}, {meter}, period {period}"),
+            &store.statistics(&query).await.unwrap(),
+            &reference.statistics(&query).await.unwrap(),
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Roll-ups equal raw samples
 
@@ -511,18 +533,14 @@ async fn expiry_removes_what_is_past_its_time_to_live_and_keeps_summaries_in_ste
         reference_store.record(batch).await.unwrap();
     }
     for meter in ["cpu", "disk", "keep"] {
-        for period in [0, 3_600, 86_400] {
-            let query = StatisticsQuery {
-                meter: meter.into(),
-                period,
-                ..StatisticsQuery::default()
-            };
-            same_statistics(
-                &format!("{backend:?} {meter} {period}"),
-                &store.statistics(&query).await.unwrap(),
-                &reference_store.statistics(&query).await.unwrap(),
-            );
-        }
+        same_periods(
+            &format!("{backend:?}"),
+            store.as_ref(),
+            reference_store.as_ref(),
+            meter,
+            &[0, 3_600, 86_400],
+        )
+        .await;
     }
     assert_eq!(
         store.meters(None).await.unwrap(),
@@ -657,18 +675,14 @@ async fn a_database_made_before_rollups_is_upgraded(backend: Backend) {
     reference.record(&old).await.unwrap();
     // Stored before the upgrade: a duplicate now.
     assert_eq!(store.record(&old[..10]).await.unwrap(), 0);
-    for period in [0, 3_600, 86_400] {
-        let query = StatisticsQuery {
-            meter: "cpu".into(),
-            period,
-            ..StatisticsQuery::default()
-        };
-        same_statistics(
-            &format!("{backend:?} upgraded, period {period}"),
-            &store.statistics(&query).await.unwrap(),
-            &reference.statistics(&query).await.unwrap(),
-        );
-    }
+    same_periods(
+        &format!("{backend:?} upgraded"),
+        store.as_ref(),
+        reference.as_ref(),
+        "cpu",
+        &[0, 3_600, 86_400],
+    )
+    .await;
     assert_eq!(
         store.meters(None).await.unwrap(),
         reference.meters(None).await.unwrap()
@@ -748,6 +762,17 @@ fn sqlite_file(home: &Home) -> rusqlite::Connection {
     }
 }
 
+/// Every sample's message id and metadata, through the `samples` table or view.
+fn ids_and_metadata(conn: &rusqlite::Connection) -> Vec<(String, String)> {
+    let mut statement = conn
+        .prepare("SELECT message_id, resource_metadata FROM samples ORDER BY message_id")
+        .unwrap();
+    let rows = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
 /// A database of one wide row per sample and the catalogue that went with it (the version
 /// before series) moves into series, metadata and points: every message id and metadata
 /// comes back through the `samples` view as it went in, and the old tables are gone.
@@ -777,16 +802,7 @@ async fn a_sqlite_file_of_wide_rows_moves_into_series_and_points() {
         old_rows(&old)
     );
     sqlite_file(&home).execute_batch(&fill).unwrap();
-    let wanted: Vec<(String, String)> = {
-        let conn = sqlite_file(&home);
-        let mut statement = conn
-            .prepare("SELECT message_id, resource_metadata FROM samples ORDER BY message_id")
-            .unwrap();
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap();
-        rows.map(Result::unwrap).collect()
-    };
+    let wanted = ids_and_metadata(&sqlite_file(&home));
 
     let store = home.open(StoreLayout::default()).await;
     let conn = sqlite_file(&home);
@@ -806,16 +822,7 @@ async fn a_sqlite_file_of_wide_rows_moves_into_series_and_points() {
         )
         .unwrap();
     assert_eq!(leftovers, 0);
-    let got: Vec<(String, String)> = {
-        let mut statement = conn
-            .prepare("SELECT message_id, resource_metadata FROM samples ORDER BY message_id")
-            .unwrap();
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap();
-        rows.map(Result::unwrap).collect()
-    };
-    assert_eq!(got, wanted);
+    assert_eq!(ids_and_metadata(&conn), wanted);
     let (series, metadata, blobs): (i64, i64, i64) = conn
         .query_row(
             "SELECT (SELECT COUNT(*) FROM meter_catalogue), (SELECT COUNT(*) FROM sample_metadata), \
@@ -839,18 +846,14 @@ async fn a_sqlite_file_of_wide_rows_moves_into_series_and_points() {
         store.meters(None).await.unwrap(),
         reference.meters(None).await.unwrap()
     );
-    for period in [0, 3_600] {
-        let query = StatisticsQuery {
-            meter: "cpu".into(),
-            period,
-            ..StatisticsQuery::default()
-        };
-        same_statistics(
-            &format!("moved, period {period}"),
-            &store.statistics(&query).await.unwrap(),
-            &reference.statistics(&query).await.unwrap(),
-        );
-    }
+    same_periods(
+        "moved",
+        store.as_ref(),
+        reference.as_ref(),
+        "cpu",
+        &[0, 3_600],
+    )
+    .await;
 
     // Roll-ups clustered by their key, as an older version kept them, are put back in
     // insertion order when the file is opened.
@@ -888,18 +891,14 @@ async fn a_sqlite_file_of_wide_rows_moves_into_series_and_points() {
         )
         .unwrap();
     assert_eq!(indexes, 1);
-    for period in [0, 3_600, 86_400] {
-        let query = StatisticsQuery {
-            meter: "cpu".into(),
-            period,
-            ..StatisticsQuery::default()
-        };
-        same_statistics(
-            &format!("roll-ups reordered, period {period}"),
-            &store.statistics(&query).await.unwrap(),
-            &reference.statistics(&query).await.unwrap(),
-        );
-    }
+    same_periods(
+        "roll-ups reordered",
+        store.as_ref(),
+        reference.as_ref(),
+        "cpu",
+        &[0, 3_600, 86_400],
+    )
+    .await;
 }
 
 /// Two stores on one file: when one's expiry removes a series (and its metadata), the other,
