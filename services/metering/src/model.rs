@@ -26,6 +26,16 @@ impl CounterType {
             CounterType::Cumulative => "cumulative",
         }
     }
+
+    /// The type of a wire name, `None` for any other text.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "gauge" => Some(CounterType::Gauge),
+            "delta" => Some(CounterType::Delta),
+            "cumulative" => Some(CounterType::Cumulative),
+            _ => None,
+        }
+    }
 }
 
 /// A validated sample, as stored. On the wire it is Ceilometer's meter message

@@ -93,12 +93,9 @@ impl Rejection {
 /// ```
 pub fn from_wire(value: &Value) -> Result<Sample, Rejection> {
     let map = value.as_object().ok_or(Rejection::NotAnObject)?;
-    let counter_type = match required_str(map, "counter_type")? {
-        "gauge" => CounterType::Gauge,
-        "delta" => CounterType::Delta,
-        "cumulative" => CounterType::Cumulative,
-        other => return Err(Rejection::UnknownType(other.to_owned())),
-    };
+    let named = required_str(map, "counter_type")?;
+    let counter_type =
+        CounterType::from_name(named).ok_or_else(|| Rejection::UnknownType(named.to_owned()))?;
     let volume = match map.get("counter_volume") {
         None | Some(Value::Null) => return Err(Rejection::MissingField("counter_volume")),
         Some(Value::Number(n)) => n

@@ -220,16 +220,11 @@ pub(super) fn meter_info(
     user_id: Option<String>,
     source: String,
 ) -> Result<MeterInfo, StoreError> {
-    let counter_type = match counter_type {
-        "gauge" => CounterType::Gauge,
-        "delta" => CounterType::Delta,
-        "cumulative" => CounterType::Cumulative,
-        other => {
-            return Err(StoreError::Backend(format!(
-                "stored counter_type {other:?} is not gauge, delta or cumulative"
-            )))
-        }
-    };
+    let counter_type = CounterType::from_name(counter_type).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "stored counter_type {counter_type:?} is not gauge, delta or cumulative"
+        ))
+    })?;
     Ok(MeterInfo {
         name,
         counter_type,

@@ -34,6 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use super::catalogue::CatalogueKey;
 use super::rollup::bucket_start;
 use super::sql::{chunk_of, SampleRow};
+use crate::model::CounterType;
 
 /// The series, metadata and sample tables, and the view over them.
 pub(super) const SCHEMA: &str = "
@@ -154,8 +155,12 @@ enum StoredId<'a> {
 
 impl<'a> StoredId<'a> {
     fn new(message_id: &'a str) -> Self {
+        // Of the forms a UUID parses from, only the hyphenated one has this length; in lower
+        // case it is the text the view writes back.
+        let usual = message_id.len() == uuid::fmt::Hyphenated::LENGTH
+            && !message_id.bytes().any(|b| b.is_ascii_uppercase());
         match uuid::Uuid::try_parse(message_id) {
-            Ok(id) if id.hyphenated().to_string() == message_id => Self::Uuid(id.into_bytes()),
+            Ok(id) if usual => Self::Uuid(id.into_bytes()),
             _ => Self::Text(message_id),
         }
     }
@@ -218,15 +223,18 @@ fn move_old_samples(conn: &Connection) -> rusqlite::Result<()> {
     let mut rows = select.query([])?;
     let mut batch = Vec::with_capacity(1024);
     while let Some(row) = rows.next()? {
-        let counter_type: String = row.get(2)?;
+        let named: String = row.get(2)?;
+        let counter_type = CounterType::from_name(&named).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                format!("stored counter_type {named:?} is not gauge, delta or cumulative").into(),
+            )
+        })?;
         batch.push(SampleRow {
             message_id: row.get(0)?,
             meter: row.get(1)?,
-            counter_type: match counter_type.as_str() {
-                "delta" => "delta",
-                "cumulative" => "cumulative",
-                _ => "gauge",
-            },
+            counter_type: counter_type.as_str(),
             unit: row.get(3)?,
             volume: row.get(4)?,
             source: row.get(5)?,
@@ -319,20 +327,13 @@ fn series_id(conn: &Connection, row: &SampleRow, cache: &mut SeriesCache) -> rus
         Some(id) => id,
         None => {
             let id = next_series_id(conn, &key.meter)?;
+            let mut with_id = values.to_vec();
+            with_id.push(&id);
             conn.prepare_cached(
                 "INSERT INTO meter_catalogue (series_id, meter, resource_id, source, unit, \
                  counter_type, project_key, user_key) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
-                key.meter,
-                key.resource_id,
-                key.source,
-                key.unit,
-                key.counter_type,
-                key.project_key,
-                key.user_key,
-                id
-            ])?;
+            .execute(with_id.as_slice())?;
             id
         }
     };
@@ -351,14 +352,17 @@ fn too_many(what: String) -> rusqlite::Error {
     )
 }
 
+/// The number of `meter`, `None` for a meter never stored.
+fn meter_id(conn: &Connection, meter: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT meter_id FROM catalogue_meters WHERE meter = ?1")?
+        .query_row([meter], |r| r.get(0))
+        .optional()
+}
+
 /// The id for a new series of `meter`: the meter's own range (see [`SERIES_BITS`]), one past
 /// the highest in use.
 fn next_series_id(conn: &Connection, meter: &str) -> rusqlite::Result<i64> {
-    let known: Option<i64> = conn
-        .prepare_cached("SELECT meter_id FROM catalogue_meters WHERE meter = ?1")?
-        .query_row([meter], |r| r.get(0))
-        .optional()?;
-    let meter_id = match known {
+    let meter_id = match meter_id(conn, meter)? {
         Some(id) => id,
         None => {
             conn.prepare_cached("INSERT INTO catalogue_meters (meter) VALUES (?1)")?
@@ -392,11 +396,7 @@ fn next_series_id(conn: &Connection, meter: &str) -> rusqlite::Result<i64> {
 
 /// The range of `meter`'s series ids, `None` for a meter never stored.
 fn series_range(conn: &Connection, meter: &str) -> rusqlite::Result<Option<(i64, i64)>> {
-    let meter_id: Option<i64> = conn
-        .prepare_cached("SELECT meter_id FROM catalogue_meters WHERE meter = ?1")?
-        .query_row([meter], |r| r.get(0))
-        .optional()?;
-    Ok(meter_id
+    Ok(meter_id(conn, meter)?
         .filter(|id| (0..1 << METER_BITS).contains(id))
         .map(|id| (id << SERIES_BITS, (id + 1) << SERIES_BITS)))
 }
