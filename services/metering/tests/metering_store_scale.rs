@@ -426,6 +426,17 @@ fn three_days(meter: &str) -> Vec<Sample> {
     samples
 }
 
+/// The whole-range statistics of `meter`, no period.
+async fn whole_range(store: &dyn Store, meter: &str) -> Vec<Statistics> {
+    store
+        .statistics(&StatisticsQuery {
+            meter: meter.into(),
+            ..StatisticsQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Deletes every raw sample behind the store's back.
 async fn delete_raw_samples(backend: Backend, home: &Home) {
     match (backend, home) {
@@ -595,13 +606,7 @@ async fn postgresql_expires_whole_day_partitions_when_every_meter_allows() {
         .unwrap();
     assert_eq!((done.partitions, done.samples), (2, 0), "{done:?}");
     assert_eq!(partitions().await, 1);
-    let left = store
-        .statistics(&StatisticsQuery {
-            meter: "cpu".into(),
-            ..StatisticsQuery::default()
-        })
-        .await
-        .unwrap();
+    let left = whole_range(store.as_ref(), "cpu").await;
     assert_eq!(left[0].count, 288);
     assert_eq!(left[0].duration_start, at_us(2 * DAY_US));
     // A late sample for a dropped day makes its partition again.
@@ -708,6 +713,62 @@ async fn a_database_made_before_rollups_is_upgraded(backend: Backend) {
 
 on_every_backend!(a_database_made_before_rollups_is_upgraded);
 
+/// The first column of the primary key of PostgreSQL's `samples`.
+async fn samples_key_first_column(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT a.attname::text FROM pg_constraint c \
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
+             WHERE c.conrelid = 'samples'::regclass AND c.contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Partitioned samples keyed message id first and roll-ups on full pages (the previous
+/// version) are keyed time first and given room once opened; what they held stays, and still
+/// counts as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_samples_keyed_by_message_id_first_are_rekeyed_by_time() {
+    let home = Home::new(Backend::Postgres).await;
+    let Home::Schema(schema) = &home else {
+        unreachable!()
+    };
+    let client = schema.client().await;
+    let all = three_days("cpu");
+    let store = home.open(StoreLayout::default()).await;
+    assert_eq!(samples_key_first_column(&client).await, "ts");
+    client
+        .batch_execute(
+            "ALTER TABLE samples DROP CONSTRAINT samples_pkey, \
+             ADD PRIMARY KEY (message_id, ts); \
+             ALTER TABLE sample_rollups RESET (fillfactor);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(samples_key_first_column(&client).await, "message_id");
+    assert_eq!(store.record(&all[..300]).await.unwrap(), 300);
+    drop(store);
+
+    let store = home.open(StoreLayout::default()).await;
+    assert_eq!(samples_key_first_column(&client).await, "ts");
+    // Roll-up rows, updated in place by each sample, get room on their pages.
+    let options: Vec<String> = client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = 'sample_rollups'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, ["fillfactor=50"]);
+    assert_eq!(store.record(&all).await.unwrap(), all.len() - 300);
+    let whole = whole_range(store.as_ref(), "cpu").await;
+    assert_eq!(whole[0].count, all.len() as u64);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Several writers
 
@@ -740,13 +801,7 @@ async fn postgresql_writers_on_several_connections_lose_nothing() {
         .map(Result::unwrap)
         .sum();
     assert_eq!(stored, all.len());
-    let whole = writers[0]
-        .statistics(&StatisticsQuery {
-            meter: "cpu".into(),
-            ..StatisticsQuery::default()
-        })
-        .await
-        .unwrap();
+    let whole = whole_range(writers[0].as_ref(), "cpu").await;
     assert_eq!(whole[0].count, all.len() as u64);
     let expected: f64 = all.iter().map(|s| s.volume).sum();
     assert!((whole[0].sum - expected).abs() < 1e-9);

@@ -29,7 +29,7 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 use chrono::{DateTime, Utc};
 
 use super::config::StoreLayout;
-use super::postgres_samples::{self, day_of};
+use super::postgres_samples::{self, day_of, CatalogueWritten};
 use super::retention::Expired;
 use super::sql::{self, Param, SampleRow, StatsRow};
 use super::{AlarmPage, Store, StoreError};
@@ -126,6 +126,8 @@ pub struct PostgresStore {
     /// Days whose partition this store has seen exist (one entry a day: bounded by the
     /// retention, or by the days the store has written).
     partitions: std::sync::Mutex<BTreeSet<i64>>,
+    /// The catalogue rows this store has written, so that it does not write them per sample.
+    catalogue: CatalogueWritten,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -162,6 +164,7 @@ impl PostgresStore {
             reader: Link::new(config.clone()),
             expirer: Link::new(config),
             layout: Arc::new(layout),
+            catalogue: CatalogueWritten::new(&periods),
             periods,
             partitions: std::sync::Mutex::new(BTreeSet::new()),
         };
@@ -301,10 +304,12 @@ impl Store for PostgresStore {
                 .map_err(write_error)?;
             self.learn_partitions(missing.iter().copied(), true);
             let tx = client.transaction().await.map_err(write_error)?;
-            let new = postgres_samples::insert(&tx, &rows, &self.periods)
-                .await
-                .map_err(write_error)?;
+            let (new, catalogued) =
+                postgres_samples::insert(&tx, &rows, &self.periods, &self.catalogue)
+                    .await
+                    .map_err(write_error)?;
             tx.commit().await.map_err(write_error)?;
+            self.catalogue.committed(catalogued);
             Ok::<usize, StoreError>(new)
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {

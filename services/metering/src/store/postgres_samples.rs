@@ -6,8 +6,9 @@
 //! `samples` is partitioned by range of `ts`, one partition per UTC day (`samples_d<days since
 //! the epoch>`), made on demand by the writer that first needs it (under an advisory lock, so
 //! collectors on several machines can race for it). A partition's primary key must hold the
-//! partition key, so a sample is unique by `(message_id, ts)`: the same sample delivered
-//! twice carries both, and is stored once.
+//! partition key, so a sample is unique by `(ts, message_id)`: the same sample delivered
+//! twice carries both, and is stored once. Time first, so that new keys go to the right edge
+//! of the index rather than to a random page of it (message ids are random UUIDs).
 
 use std::collections::BTreeSet;
 
@@ -39,12 +40,18 @@ CREATE TABLE IF NOT EXISTS samples (
     resource_id TEXT NOT NULL,
     ts BIGINT NOT NULL,
     resource_metadata TEXT NOT NULL,
-    PRIMARY KEY (message_id, ts)
+    PRIMARY KEY (ts, message_id)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts);
 ";
 
 /// The catalogue, the roll-ups and the periods they are kept for.
+///
+/// A roll-up row is updated by every sample of its bucket. Pages kept half empty let
+/// PostgreSQL put the new version beside the old one (a heap-only update): no index entries,
+/// a third of the WAL and half the time of an update that moves the row, and dead versions
+/// reclaimed as the page is next read. Full pages (the default) moved nearly every update.
+/// Tables made before keep their full pages until their rows move once.
 const SUMMARIES: &str = "
 CREATE TABLE IF NOT EXISTS meter_catalogue (
     meter TEXT NOT NULL,
@@ -73,7 +80,8 @@ CREATE TABLE IF NOT EXISTS sample_rollups (
     first_ts BIGINT NOT NULL,
     last_ts BIGINT NOT NULL,
     PRIMARY KEY (meter, scope, period, resource_id, project_key, unit, bucket_start)
-);
+) WITH (fillfactor = 50);
+ALTER TABLE sample_rollups SET (fillfactor = 50);
 CREATE INDEX IF NOT EXISTS sample_rollups_age ON sample_rollups (meter, bucket_start);
 CREATE TABLE IF NOT EXISTS rollup_periods (period BIGINT PRIMARY KEY);
 ";
@@ -150,6 +158,9 @@ pub(super) async fn upgrade(
         .await?;
     }
     tx.batch_execute(SAMPLES).await?;
+    if !plain_table {
+        time_first_key(tx).await?;
+    }
     if plain_table {
         let days: Vec<i64> = tx
             .query(
@@ -219,14 +230,96 @@ pub(super) async fn upgrade(
     Ok(())
 }
 
+/// Most catalogue rows a store remembers writing; past it, it forgets them all and writes
+/// each once more.
+const CATALOGUE_REMEMBERED: usize = 100_000;
+
+/// The catalogue rows this store has written, each with the retention step
+/// ([`retention::alignment`]) of the newest time written to it, so that a row is upserted
+/// once a step rather than once a sample (at five-minute polling and the default day, one
+/// write in 288). Only what has committed is remembered.
+///
+/// Skipping leaves a row's `last_ts` behind within one step, which expiry cannot tell
+/// apart: a cutoff is a step boundary, so the row's newest time is below it exactly when
+/// the stored one is. If expiry deletes a row, every time this store remembers for it lay
+/// below the cutoff, so a sample whose write it skips is itself past its time to live, and
+/// expiry's next run takes it.
+pub(super) struct CatalogueWritten {
+    step: i64,
+    steps: std::sync::Mutex<std::collections::HashMap<CatalogueKey, i64>>,
+}
+
+impl CatalogueWritten {
+    pub fn new(periods: &[u64]) -> Self {
+        Self {
+            step: retention::alignment(periods),
+            steps: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether a row known to hold a time of `last`'s step or later must be written.
+    fn needs(&self, key: &CatalogueKey, last: i64) -> bool {
+        let step = rollup::bucket_start(last, self.step);
+        match self.steps.lock() {
+            Ok(steps) => steps.get(key).is_none_or(|written| *written < step),
+            Err(_) => true,
+        }
+    }
+
+    /// Remembers rows of a committed write.
+    pub fn committed(&self, rows: Vec<(CatalogueKey, i64)>) {
+        let Ok(mut steps) = self.steps.lock() else {
+            return;
+        };
+        if steps.len() + rows.len() > CATALOGUE_REMEMBERED {
+            steps.clear();
+        }
+        for (key, last) in rows {
+            let step = rollup::bucket_start(last, self.step);
+            let written = steps.entry(key).or_insert(step);
+            *written = (*written).max(step);
+        }
+    }
+}
+
+/// Rebuilds the primary key of `samples` with time first when an older version made it
+/// message id first (every partition's index is rebuilt, once).
+async fn time_first_key(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let old_key: Option<String> = tx
+        .query_opt(
+            "SELECT c.conname::text FROM pg_constraint c \
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
+             WHERE c.conrelid = 'samples'::regclass AND c.contype = 'p' \
+             AND a.attname = 'message_id'",
+            &[],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    if let Some(name) = old_key {
+        let name = name.replace('"', "\"\"");
+        tx.batch_execute(&format!(
+            "ALTER TABLE samples DROP CONSTRAINT \"{name}\", ADD PRIMARY KEY (ts, message_id)"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Inserts `rows` and adds the new ones to the catalogue and roll-ups, in the caller's
-/// transaction; returns how many were new.
+/// transaction; returns how many were new and the catalogue rows written, for
+/// [`CatalogueWritten::committed`] once the transaction commits.
 pub(super) async fn insert(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[SampleRow],
     periods: &[u64],
-) -> Result<usize, tokio_postgres::Error> {
-    let column = |f: fn(&SampleRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    catalogue: &CatalogueWritten,
+) -> Result<(usize, Vec<(CatalogueKey, i64)>), tokio_postgres::Error> {
+    // A meter's samples of one batch side by side in the heap: a window of one meter then
+    // reads a tenth of the pages it would in polling order (resource by resource).
+    let mut rows: Vec<&SampleRow> = rows.iter().collect();
+    rows.sort_by(|a, b| (&a.meter, &a.resource_id, a.ts).cmp(&(&b.meter, &b.resource_id, b.ts)));
+    let column = |f: fn(&SampleRow) -> String| rows.iter().map(|r| f(r)).collect::<Vec<String>>();
     let message_ids = column(|r| r.message_id.clone());
     let meters = column(|r| r.meter.clone());
     let types = column(|r| r.counter_type.to_owned());
@@ -239,7 +332,8 @@ pub(super) async fn insert(
     let times: Vec<i64> = rows.iter().map(|r| r.ts).collect();
     let metadata = column(|r| r.resource_metadata.clone());
     // One statement for the whole batch; duplicates (stored before, or twice in this batch)
-    // are skipped by the primary key, and the first copy in the batch is the one kept.
+    // are skipped by the primary key, and the first copy in the batch (in the order above,
+    // which keeps the batch's order among equals) is the one kept.
     let statement = format!(
         "INSERT INTO samples ({SAMPLE_COLUMNS}) SELECT * FROM UNNEST(\
          $1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], \
@@ -270,25 +364,40 @@ pub(super) async fn insert(
     }
     let count = stored.len();
     let fresh: Vec<&SampleRow> = rows
-        .iter()
+        .into_iter()
         .filter(|r| stored.remove(&(r.message_id.clone(), r.ts)))
         .collect();
-    summarise(tx, &fresh, periods).await?;
-    Ok(count)
+    let written = summarise(tx, &fresh, periods, catalogue).await?;
+    Ok((count, written))
 }
 
-/// Adds `fresh` samples to the catalogue and the roll-ups, rows in key order.
+/// Adds `fresh` samples to the catalogue (the rows `catalogue` does not know to be current)
+/// and the roll-ups, rows in key order; returns the catalogue rows written.
 async fn summarise(
     tx: &tokio_postgres::Transaction<'_>,
     fresh: &[&SampleRow],
     periods: &[u64],
-) -> Result<(), tokio_postgres::Error> {
+    catalogue: &CatalogueWritten,
+) -> Result<Vec<(CatalogueKey, i64)>, tokio_postgres::Error> {
     if fresh.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let entries: Vec<(CatalogueKey, i64)> = catalogue::deltas(fresh.iter().copied())
         .into_iter()
+        .filter(|(key, last)| catalogue.needs(key, *last))
         .collect();
+    if !entries.is_empty() {
+        upsert_catalogue(tx, &entries).await?;
+    }
+    upsert_rollups(tx, fresh, periods).await?;
+    Ok(entries)
+}
+
+/// Adds catalogue rows, or moves their newest time on.
+async fn upsert_catalogue(
+    tx: &tokio_postgres::Transaction<'_>,
+    entries: &[(CatalogueKey, i64)],
+) -> Result<(), tokio_postgres::Error> {
     let text = |f: fn(&CatalogueKey) -> &str| {
         entries
             .iter()
@@ -315,6 +424,15 @@ async fn summarise(
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Adds `fresh` samples to the roll-ups of `periods`.
+async fn upsert_rollups(
+    tx: &tokio_postgres::Transaction<'_>,
+    fresh: &[&SampleRow],
+    periods: &[u64],
+) -> Result<(), tokio_postgres::Error> {
     if periods.is_empty() {
         return Ok(());
     }

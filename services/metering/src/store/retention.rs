@@ -62,8 +62,16 @@ pub(super) fn cutoff(
 ) -> Option<i64> {
     let ttl = layout.time_to_live(meter)?;
     let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
-    let align = periods.last().map_or(1, |p| period_micros(*p));
-    Some(bucket_start(micros(&now).saturating_sub(ttl), align))
+    Some(bucket_start(
+        micros(&now).saturating_sub(ttl),
+        alignment(periods),
+    ))
+}
+
+/// What every cutoff is a multiple of (µs): the largest roll-up period, or 1 without any.
+/// Two times in one such step are either both below a cutoff or both not.
+pub(super) fn alignment(periods: &[u64]) -> i64 {
+    periods.last().map_or(1, |p| period_micros(*p))
 }
 
 /// The cutoff below which *every* meter's samples are removed (whole partitions may go),
