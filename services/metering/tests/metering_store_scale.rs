@@ -769,6 +769,47 @@ async fn postgresql_samples_keyed_by_message_id_first_are_rekeyed_by_time() {
     assert_eq!(whole[0].count, all.len() as u64);
 }
 
+/// A writer remembers the catalogue rows it wrote and writes each once a retention step (a
+/// day here), not once a sample; a row that expiry deleted comes back with the writer's next
+/// sample that is kept, even though the writer remembers writing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_catalogue_rows_expiry_deleted_come_back_with_the_next_sample() {
+    let home = Home::new(Backend::Postgres).await;
+    let layout = StoreLayout {
+        metering_time_to_live: 86_400,
+        ..StoreLayout::default()
+    };
+    let writer = home.open(layout.clone()).await;
+    let expirer = home.open(layout).await;
+    let at = |id: &str, us: i64| sample(id.into(), "cpu", "r0", Some("p0"), "%", us, 1.0);
+    for (n, id) in ["a", "b", "c"].iter().enumerate() {
+        writer
+            .record(&[at(id, (n as i64 + 1) * HOUR_US)])
+            .await
+            .unwrap();
+    }
+    let listed = || async {
+        writer
+            .meters(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.resource_id))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed().await, [("cpu".to_owned(), "r0".to_owned())]);
+    // Day 0 is past its time to live on day 2: its samples and the row go.
+    retention::expire(expirer.as_ref(), at_us(2 * DAY_US + HOUR_US))
+        .await
+        .unwrap();
+    assert!(listed().await.is_empty());
+    assert!(whole_range(writer.as_ref(), "cpu").await.is_empty());
+    // A sample of day 1 is kept, and lists its series again.
+    writer.record(&[at("d", DAY_US + HOUR_US)]).await.unwrap();
+    assert_eq!(listed().await, [("cpu".to_owned(), "r0".to_owned())]);
+    assert_eq!(whole_range(writer.as_ref(), "cpu").await[0].count, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Several writers
 
