@@ -150,6 +150,14 @@ fn raw_only() -> StoreLayout {
     }
 }
 
+/// The default layout with samples kept a day.
+fn a_day_to_live() -> StoreLayout {
+    StoreLayout {
+        metering_time_to_live: 86_400,
+        ..StoreLayout::default()
+    }
+}
+
 macro_rules! on_every_backend {
     ($spec:ident) => {
         mod $spec {
@@ -580,10 +588,7 @@ on_every_backend!(expiry_removes_what_is_past_its_time_to_live_and_keeps_summari
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_expires_whole_day_partitions_when_every_meter_allows() {
     let home = Home::new(Backend::Postgres).await;
-    let layout = StoreLayout {
-        metering_time_to_live: 86_400,
-        ..StoreLayout::default()
-    };
+    let layout = a_day_to_live();
     let store = home.open(layout).await;
     store.record(&three_days("cpu")).await.unwrap();
     let Home::Schema(schema) = &home else {
@@ -775,10 +780,7 @@ async fn postgresql_samples_keyed_by_message_id_first_are_rekeyed_by_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_catalogue_rows_expiry_deleted_come_back_with_the_next_sample() {
     let home = Home::new(Backend::Postgres).await;
-    let layout = StoreLayout {
-        metering_time_to_live: 86_400,
-        ..StoreLayout::default()
-    };
+    let layout = a_day_to_live();
     let writer = home.open(layout.clone()).await;
     let expirer = home.open(layout).await;
     let at = |id: &str, us: i64| sample(id.into(), "cpu", "r0", Some("p0"), "%", us, 1.0);
@@ -1111,10 +1113,7 @@ async fn expiry_removes_series_and_metadata_under_another_writer() {
 /// Expiry gives the freed pages back to the file system many at a time, not one per step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_gives_pages_back_in_bounded_runs() {
-    let layout = StoreLayout {
-        metering_time_to_live: 86_400,
-        ..StoreLayout::default()
-    };
+    let layout = a_day_to_live();
     let home = Home::new(Backend::SqliteFile).await;
     let store = home.open(layout).await;
     let old: Vec<Sample> = (0..20_000)

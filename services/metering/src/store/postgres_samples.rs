@@ -10,7 +10,7 @@
 //! twice carries both, and is stored once. Time first, so that new keys go to the right edge
 //! of the index rather than to a random page of it (message ids are random UUIDs).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS sample_rollups (
     first_ts BIGINT NOT NULL,
     last_ts BIGINT NOT NULL,
     PRIMARY KEY (meter, scope, period, resource_id, project_key, unit, bucket_start)
-) WITH (fillfactor = 50);
+);
 ALTER TABLE sample_rollups SET (fillfactor = 50);
 CREATE INDEX IF NOT EXISTS sample_rollups_age ON sample_rollups (meter, bucket_start);
 CREATE TABLE IF NOT EXISTS rollup_periods (period BIGINT PRIMARY KEY);
@@ -160,8 +160,7 @@ pub(super) async fn upgrade(
     tx.batch_execute(SAMPLES).await?;
     if !plain_table {
         time_first_key(tx).await?;
-    }
-    if plain_table {
+    } else {
         let days: Vec<i64> = tx
             .query(
                 &format!(
@@ -257,13 +256,19 @@ impl CatalogueWritten {
         }
     }
 
-    /// Whether a row known to hold a time of `last`'s step or later must be written.
-    fn needs(&self, key: &CatalogueKey, last: i64) -> bool {
-        let step = rollup::bucket_start(last, self.step);
-        match self.steps.lock() {
-            Ok(steps) => steps.get(key).is_none_or(|written| *written < step),
-            Err(_) => true,
-        }
+    /// The rows of `deltas` (row → newest time of the batch) not known to hold a time of
+    /// that step or later: those to write.
+    fn unwritten(&self, deltas: BTreeMap<CatalogueKey, i64>) -> Vec<(CatalogueKey, i64)> {
+        let Ok(steps) = self.steps.lock() else {
+            return deltas.into_iter().collect();
+        };
+        deltas
+            .into_iter()
+            .filter(|(key, last)| {
+                let step = rollup::bucket_start(*last, self.step);
+                steps.get(key).is_none_or(|written| *written < step)
+            })
+            .collect()
     }
 
     /// Remembers rows of a committed write.
@@ -382,10 +387,7 @@ async fn summarise(
     if fresh.is_empty() {
         return Ok(Vec::new());
     }
-    let entries: Vec<(CatalogueKey, i64)> = catalogue::deltas(fresh.iter().copied())
-        .into_iter()
-        .filter(|(key, last)| catalogue.needs(key, *last))
-        .collect();
+    let entries = catalogue.unwritten(catalogue::deltas(fresh.iter().copied()));
     if !entries.is_empty() {
         upsert_catalogue(tx, &entries).await?;
     }
