@@ -269,15 +269,24 @@ write_node_config() {
     } >"$dir/rabbitmq.conf"
 }
 
-# Launches node $1's server in the background, detached from this shell's session.
+# Launches node $1's server in the background, detached from this shell's session, and returns
+# once its launcher runs with the node's environment. The launcher writes its own pid: `$!` names
+# a fork whose /proc environ is still this script's until it execs (a check made in that moment
+# took a booting node for a dead one), and setsid forks again where it leads a process group.
 launch() {
-    local node="$1"
+    local node="$1" pidfile="$STATE/$1/launcher.pid" deadline=$((SECONDS + 10))
+    rm -f "$pidfile" "$pidfile.tmp"
     (
         node_env "$node"
         cd "$STATE/$node"
-        setsid nohup "$RMQ_BIN/rabbitmq-server" >>"$STATE/$node/log/server.out" 2>&1 </dev/null &
-        echo $! >"$STATE/$node/launcher.pid"
+        # $$, $1 and $2 are the launched shell's own.
+        setsid nohup bash -c 'echo $$ >"$1.tmp" && mv "$1.tmp" "$1" && exec "$2"' launch \
+            "$pidfile" "$RMQ_BIN/rabbitmq-server" >>"$STATE/$node/log/server.out" 2>&1 </dev/null &
     )
+    until [ -s "$pidfile" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$node's launcher did not start (see $STATE/$node/log/server.out)"
+        sleep 0.02
+    done
 }
 
 # Whether node $1's launcher (the rabbitmq-server shell, parent of the VM) still runs: the VM
@@ -292,10 +301,18 @@ launcher_alive() {
 
 # Waits until the AMQP listeners of nodes "$@" open (the end of boot), up to $DEADLINE (SECONDS).
 wait_listening() {
-    local node
+    local node gone
     for node in "$@"; do
+        gone=0
         until port_open "$(amqp_port "$node")"; do
+            # Gone only when seen gone twice in a row: the launcher's exec of the server shell
+            # and the server's of its VM are moments in which neither is found.
             if [ -z "$(beam_pids "$node")" ] && ! launcher_alive "$node"; then
+                gone=$((gone + 1))
+            else
+                gone=0
+            fi
+            if [ "$gone" -ge 2 ]; then
                 say "$node exited while booting; the end of its logs:"
                 tail -n 20 "$STATE/$node/log/server.out" "$STATE/$node/log/$node@localhost.log" >&2 2>/dev/null || true
                 return 1
