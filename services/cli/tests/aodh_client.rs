@@ -159,7 +159,10 @@ fn create(aodh: &Aodh, name: &str, severity: &str) -> Value {
 
 #[test]
 fn aodhclient_creates_shows_updates_and_deletes_a_threshold_alarm_with_every_option() {
-    let aio = AllInOne::start(&[]);
+    // No evaluation while the client works: the alarm is enabled, has no data, and must keep
+    // the state it was given until the update checks it (on a busy machine the commands before
+    // it outlast the all-in-one's default five seconds between evaluations).
+    let aio = AllInOne::start(&["--evaluation-interval", "3600"]);
     let aodh = Aodh::admin(&aio);
     let created = aodh.json(&[
         "alarm",
