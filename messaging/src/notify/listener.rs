@@ -388,23 +388,31 @@ impl ListenLoop {
         loop {
             let wake =
                 flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                () = serving.stopping() => break,
-                () = tokio::time::sleep_until(wake), if flush_at.is_some() => {
-                    flush_at = None;
-                    self.spawn(&mut serving, std::mem::take(&mut pending)).await;
+            let next = serving.unless_stopping(async {
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake), if flush_at.is_some() => None,
+                    next = deliveries.next() => Some(next),
                 }
-                next = deliveries.next() => {
-                    let Some(delivery) = next else {
-                        if !serving.is_stopping() {
-                            tracing::warn!("notification inboxes closed by the transport");
-                        }
-                        break;
-                    };
+            });
+            match serving.meanwhile(next).await {
+                // A stop was asked for.
+                None => break,
+                // The batch's time is up.
+                Some(None) => {
+                    flush_at = None;
+                    self.start(&mut serving, std::mem::take(&mut pending)).await;
+                }
+                Some(Some(None)) => {
+                    if !serving.is_stopping() {
+                        tracing::warn!("notification inboxes closed by the transport");
+                    }
+                    break;
+                }
+                Some(Some(Some(delivery))) => {
                     pending.push(delivery);
                     if pending.len() >= size {
                         flush_at = None;
-                        self.spawn(&mut serving, std::mem::take(&mut pending)).await;
+                        self.start(&mut serving, std::mem::take(&mut pending)).await;
                     } else if flush_at.is_none() {
                         flush_at = Some(tokio::time::Instant::now() + timeout);
                     }
@@ -413,7 +421,7 @@ impl ListenLoop {
         }
         serving.begin_stop();
         if !pending.is_empty() {
-            self.spawn(&mut serving, pending).await;
+            self.start(&mut serving, pending).await;
         }
         // Handlers settle their messages on the channels the inboxes hold open, so the inboxes
         // close only after the drain: closed first, they took the channels with them and every
@@ -425,17 +433,17 @@ impl ListenLoop {
         report
     }
 
-    /// Hands a batch to a task once a slot is free (also while stopping: a batch taken from
+    /// Starts handling a batch once a slot is free (also while stopping: a batch taken from
     /// the inboxes is handled, not dropped).
-    async fn spawn(&self, serving: &mut Serving, batch: Vec<Delivery>) {
+    async fn start(&self, serving: &mut Serving, batch: Vec<Delivery>) {
         if batch.is_empty() {
             return;
         }
-        let Some(slot) = serving.slot_while_stopping().await else {
+        let Some(slot) = serving.meanwhile(serving.slot_while_stopping()).await else {
             return;
         };
         let dispatch = self.dispatch.clone();
-        serving.spawn(async move {
+        serving.start(async move {
             dispatch.decode_and_handle(batch).await;
             drop(slot);
         });

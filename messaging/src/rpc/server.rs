@@ -366,12 +366,12 @@ impl Taken {
 impl ServerLoop {
     async fn run(self, mut serving: Serving, mut inbox: Inbox) -> StopReport {
         loop {
-            let Some(slot) = serving.slot().await else {
+            let Some(slot) = serving.meanwhile(serving.slot()).await else {
                 break;
             };
-            let delivery = tokio::select! {
-                () = serving.stopping() => break,
-                delivery = inbox.recv() => delivery,
+            let next = serving.unless_stopping(inbox.recv());
+            let Some(delivery) = serving.meanwhile(next).await else {
+                break;
             };
             let Some(delivery) = delivery else {
                 tracing::warn!(target = %self.target, "server inbox closed by the transport");
@@ -405,7 +405,7 @@ impl ServerLoop {
                 self.replies.clone(),
             );
             let cancel_past_deadline = self.cancel_past_deadline;
-            serving.spawn(async move {
+            serving.start(async move {
                 let dispatch = |codec| Dispatch {
                     transport,
                     cancel_past_deadline,
@@ -423,6 +423,7 @@ impl ServerLoop {
             });
         }
         serving.begin_stop();
+        serving.detach();
         let health = inbox.health();
         inbox.close().await;
         let mut report = serving.drain().await;
