@@ -443,7 +443,8 @@ impl ListenLoop {
             return;
         };
         let dispatch = self.dispatch.clone();
-        serving.start(async move {
+        let bytes = batch.iter().map(|delivery| delivery.body.len()).sum();
+        serving.start(bytes, async move {
             dispatch.decode_and_handle(batch).await;
             drop(slot);
         });

@@ -405,7 +405,7 @@ impl ServerLoop {
                 self.replies.clone(),
             );
             let cancel_past_deadline = self.cancel_past_deadline;
-            serving.start(async move {
+            serving.start(taken.body.len(), async move {
                 let dispatch = |codec| Dispatch {
                     transport,
                     cancel_past_deadline,
