@@ -402,12 +402,14 @@ impl ListenLoop {
                     flush_at = None;
                     self.start(&mut serving, std::mem::take(&mut pending)).await;
                 }
+                // Every inbox ended.
                 Some(Some(None)) => {
                     if !serving.is_stopping() {
                         tracing::warn!("notification inboxes closed by the transport");
                     }
                     break;
                 }
+                // A delivery, for the batch being gathered.
                 Some(Some(Some(delivery))) => {
                     pending.push(delivery);
                     if pending.len() >= size {
