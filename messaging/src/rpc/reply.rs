@@ -4,12 +4,17 @@
 //! `_msg_id`. A reply nobody waits for any more (the call timed out) is dropped with a debug
 //! event. When the reply queue's inbox ends (connection lost for good), every waiter is failed at
 //! once instead of waiting out its timeout.
+//!
+//! Each call gets a [`Mailbox`] rather than a channel: a call takes at most one reply that
+//! matters beside its keepalives, and a channel's first block (room for 32 replies, about 9 KiB)
+//! was most of what a call in flight cost the process.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, RpcReply};
@@ -31,7 +36,82 @@ impl Attachment for ReplyQueueSlot {
     }
 }
 
-type Waiters = HashMap<String, mpsc::UnboundedSender<RpcReply>>;
+type Waiters = HashMap<String, Arc<Mailbox>>;
+
+/// Below this many slots the waiter map is never shrunk.
+const WAITERS_KEPT: usize = 1024;
+
+/// The replies one call has not taken yet. Bounded by construction: a keepalive replaces the
+/// one before it, and a final reply after the first (a duplicate delivery) is dropped.
+#[derive(Debug, Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    keepalive: Option<RpcReply>,
+    last: Option<RpcReply>,
+    /// A final reply was put in (and maybe taken since).
+    ended: bool,
+    /// The reply queue was lost: no reply will come.
+    lost: bool,
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    fn state(&self) -> MutexGuard<'_, MailboxState> {
+        // Every update is a few assignments that cannot panic halfway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, reply: RpcReply) {
+        let mut state = self.state();
+        if reply.ending {
+            if state.ended {
+                return;
+            }
+            state.ended = true;
+            state.last = Some(reply);
+        } else {
+            state.keepalive = Some(reply);
+        }
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+    }
+
+    fn lose(&self) {
+        let mut state = self.state();
+        state.lost = true;
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+    }
+
+    async fn take(&self) -> Option<RpcReply> {
+        poll_fn(|cx| {
+            let mut state = self.state();
+            if let Some(reply) = state.last.take().or_else(|| state.keepalive.take()) {
+                return Poll::Ready(Some(reply));
+            }
+            if state.lost {
+                return Poll::Ready(None);
+            }
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
 
 /// The reply queue of one transport and the calls waiting on it.
 #[derive(Debug)]
@@ -113,16 +193,28 @@ impl ReplyRouter {
 
     /// Registers interest in the replies to `msg_id` until the returned waiter drops.
     pub(crate) fn register(self: &Arc<Self>, msg_id: String) -> ReplyWaiter {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        self.waiters().insert(msg_id.clone(), sender);
+        let mailbox = Arc::new(Mailbox::default());
+        self.waiters().insert(msg_id.clone(), mailbox.clone());
         if !self.is_alive() {
             // The router died between lookup and registration: end this waiter at once.
             self.waiters().remove(&msg_id);
+            mailbox.lose();
         }
         ReplyWaiter {
             router: self.clone(),
             msg_id,
-            receiver,
+            mailbox,
+        }
+    }
+
+    fn unregister(&self, msg_id: &str) {
+        let mut waiters = self.waiters();
+        waiters.remove(msg_id);
+        // A burst of calls grows the map; give the room back once most of it stands empty.
+        let capacity = waiters.capacity();
+        if capacity > WAITERS_KEPT && waiters.len() < capacity / 8 {
+            let len = waiters.len();
+            waiters.shrink_to(len.saturating_mul(2).max(WAITERS_KEPT));
         }
     }
 
@@ -159,18 +251,13 @@ impl ReplyRouter {
             let reply =
                 Codec::from_content_type(&content_type).and_then(|codec| codec.decode_reply(&body));
             match reply {
-                // The waiter's sender is used under the lock rather than cloned out of it:
-                // one hash lookup, no reference-count traffic; sending never blocks.
                 Ok(reply) => {
-                    let delivered = match router.waiters().get(&reply.msg_id) {
-                        Some(sender) => {
-                            let _ = sender.send(reply);
-                            true
+                    let mailbox = router.waiters().get(&reply.msg_id).cloned();
+                    match mailbox {
+                        Some(mailbox) => mailbox.put(reply),
+                        None => {
+                            router.refuse(Refusal::Unsolicited, &"nobody waits for it", body.len())
                         }
-                        None => false,
-                    };
-                    if !delivered {
-                        router.refuse(Refusal::Unsolicited, &"nobody waits for it", body.len());
                     }
                 }
                 Err(error) => router.refuse(Refusal::Malformed, &error, body.len()),
@@ -178,8 +265,9 @@ impl ReplyRouter {
         }
         if let Some(router) = router.upgrade() {
             router.alive.store(false, Ordering::Release);
-            // Dropping the senders ends every waiter's receive with `None`.
-            router.waiters().clear();
+            for (_, mailbox) in router.waiters().drain() {
+                mailbox.lose();
+            }
         }
         inbox.close().await;
     }
@@ -190,20 +278,109 @@ impl ReplyRouter {
 pub(crate) struct ReplyWaiter {
     router: Arc<ReplyRouter>,
     msg_id: String,
-    receiver: mpsc::UnboundedReceiver<RpcReply>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl ReplyWaiter {
-    /// The next reply (a keepalive or the final one); `None` when the reply queue was lost.
+    /// The next reply: the final one once it came, else the latest keepalive; `None` when the
+    /// reply queue was lost.
     ///
     /// Cancellation safe.
     pub(crate) async fn next(&mut self) -> Option<RpcReply> {
-        self.receiver.recv().await
+        self.mailbox.take().await
     }
 }
 
 impl Drop for ReplyWaiter {
     fn drop(&mut self) {
-        self.router.waiters().remove(&self.msg_id);
+        self.router.unregister(&self.msg_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn reply(msg_id: &str, result: serde_json::Value, ending: bool) -> RpcReply {
+        RpcReply {
+            result,
+            failure: None,
+            ending,
+            msg_id: msg_id.to_owned(),
+            unique_id: String::new(),
+        }
+    }
+
+    fn router() -> Arc<ReplyRouter> {
+        Arc::new(ReplyRouter {
+            queue: "reply_test".to_owned(),
+            waiters: Mutex::default(),
+            alive: AtomicBool::new(true),
+            stop: CancellationToken::new(),
+            refusals: RefusalTally::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_final_reply_comes_before_a_keepalive_and_a_duplicate_is_dropped() {
+        let router = router();
+        let mut waiter = router.register("m1".to_owned());
+        let mailbox = router.waiters().get("m1").cloned();
+        let Some(mailbox) = mailbox else {
+            panic!("the waiter was not registered");
+        };
+        mailbox.put(reply("m1", json!(null), false));
+        mailbox.put(reply("m1", json!(null), false));
+        mailbox.put(reply("m1", json!(1), true));
+        mailbox.put(reply("m1", json!(2), true));
+        let first = waiter.next().await.map(|r| (r.ending, r.result));
+        assert_eq!(first, Some((true, json!(1))));
+        // The two keepalives were kept as one; the duplicate final reply is gone.
+        let second = waiter.next().await.map(|r| r.ending);
+        assert_eq!(second, Some(false));
+        let third = tokio::time::timeout(Duration::from_millis(50), waiter.next()).await;
+        assert!(third.is_err(), "nothing more was put in: {third:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_wakes_for_its_reply_and_ends_when_the_queue_is_lost() {
+        let router = router();
+        let mut waiter = router.register("m1".to_owned());
+        let mut other = router.register("m2".to_owned());
+        let put = {
+            let router = router.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let mailbox = router.waiters().get("m1").cloned();
+                if let Some(mailbox) = mailbox {
+                    mailbox.put(reply("m1", json!("done"), true));
+                }
+            })
+        };
+        let got = waiter.next().await.map(|r| r.result);
+        assert_eq!(got, Some(json!("done")));
+        assert!(put.await.is_ok());
+        for (_, mailbox) in router.waiters().drain() {
+            mailbox.lose();
+        }
+        assert!(other.next().await.is_none());
+    }
+
+    #[test]
+    fn the_waiter_map_gives_back_the_room_of_a_burst() {
+        let router = router();
+        let waiters: Vec<_> = (0..20_000)
+            .map(|i| router.register(format!("m{i}")))
+            .collect();
+        let grown = router.waiters().capacity();
+        assert!(grown >= 20_000, "capacity {grown}");
+        drop(waiters);
+        let left = router.waiters().capacity();
+        assert!(left <= 2 * WAITERS_KEPT, "capacity {left} after the burst");
+        assert!(router.waiters().is_empty());
     }
 }

@@ -9,6 +9,7 @@
 //! deadline, then closes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -233,12 +234,16 @@ impl RpcServer {
     }
 }
 
-/// The last N `_unique_id`s seen. Each id is stored once, shared by the set and the order.
+/// The last N `_unique_id`s seen, each kept as a keyed 128-bit digest: no allocation per
+/// request and 16 bytes an id however long a peer makes it, and no id a peer could craft to
+/// pass for another (the keys are random per process). The ids of a burst stayed live
+/// scattered through the heap as strings and kept its pages from going back to the system.
 #[derive(Debug)]
 struct RecentIds {
-    order: VecDeque<Arc<str>>,
-    set: HashSet<Arc<str>>,
+    order: VecDeque<u128>,
+    set: HashSet<u128>,
     capacity: usize,
+    keys: [RandomState; 2],
 }
 
 impl RecentIds {
@@ -247,7 +252,13 @@ impl RecentIds {
             order: VecDeque::with_capacity(capacity),
             set: HashSet::with_capacity(capacity),
             capacity,
+            keys: [RandomState::new(), RandomState::new()],
         }
+    }
+
+    fn digest(&self, id: &str) -> u128 {
+        let [high, low] = &self.keys;
+        (u128::from(high.hash_one(id)) << 64) | u128::from(low.hash_one(id))
     }
 
     /// Records `id`; false when it was seen within the window.
@@ -255,7 +266,8 @@ impl RecentIds {
         if self.capacity == 0 {
             return true;
         }
-        if self.set.contains(id) {
+        let digest = self.digest(id);
+        if self.set.contains(&digest) {
             return false;
         }
         if self.order.len() == self.capacity {
@@ -263,9 +275,8 @@ impl RecentIds {
                 self.set.remove(&old);
             }
         }
-        let id: Arc<str> = Arc::from(id);
-        self.order.push_back(id.clone());
-        self.set.insert(id);
+        self.set.insert(digest);
+        self.order.push_back(digest);
         true
     }
 }
@@ -801,5 +812,18 @@ mod tests {
         assert!(seen.first_time("b"));
         assert!(seen.first_time("c"));
         assert!(seen.first_time("a"), "a left the window");
+    }
+
+    #[test]
+    fn recent_ids_tell_near_ids_apart_and_keep_long_ones_small() {
+        let mut seen = RecentIds::new(4);
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(seen.first_time(id));
+        assert!(seen.first_time("0123456789abcdef0123456789abcdee"));
+        assert!(!seen.first_time(id));
+        let long = "x".repeat(1 << 20);
+        assert!(seen.first_time(&long));
+        assert!(!seen.first_time(&long));
+        assert!(seen.first_time(&long[1..]));
     }
 }

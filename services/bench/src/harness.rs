@@ -365,6 +365,17 @@ where
     Ok(histogram)
 }
 
+/// jemalloc's statistics of this process's heap, refreshed now; zeros where they cannot be read.
+pub(crate) fn heap_kib() -> crate::HeapKib {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let _ = epoch::advance();
+    let kib = |bytes: Result<usize, tikv_jemalloc_ctl::Error>| bytes.map_or(0, |b| b as u64 / 1024);
+    crate::HeapKib {
+        live_kib: kib(stats::allocated::read()),
+        resident_kib: kib(stats::resident::read()),
+    }
+}
+
 /// The resident set of this process (`VmRSS` of /proc/self/status), in KiB.
 pub(crate) fn rss_kib() -> u64 {
     status_kib("VmRSS:")

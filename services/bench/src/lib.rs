@@ -193,6 +193,22 @@ pub struct MemoryReport {
     pub after_kib: Vec<u64>,
     /// The process's peak (VmHWM) by the end of the section.
     pub peak_kib: u64,
+    /// The allocator's view of the idle agent.
+    pub idle_heap: HeapKib,
+    /// The allocator's view after the round's calls returned, per round.
+    pub after_heap: Vec<HeapKib>,
+}
+
+/// jemalloc's view of this process's heap, in KiB: what the program holds, against what the
+/// allocator keeps resident for it. The gap is the allocator's (pages not handed back yet,
+/// partly used slabs, its metadata); the rest of the resident set beside the heap is code,
+/// stacks and the C libraries' own allocations.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct HeapKib {
+    /// Bytes allocated and not freed (`stats.allocated`).
+    pub live_kib: u64,
+    /// Physically resident pages the allocator maps, metadata included (`stats.resident`).
+    pub resident_kib: u64,
 }
 
 /// A whole run.
@@ -314,11 +330,19 @@ impl Report {
         if let Some(memory) = &self.memory {
             let mib = |kib: u64| kib as f64 / 1024.0;
             let _ = writeln!(out, "\nmemory (VmRSS of this process: client and server)");
+            let heap = |heap: &HeapKib| {
+                format!(
+                    "heap {:.1} MiB live, {:.1} MiB resident",
+                    mib(heap.live_kib),
+                    mib(heap.resident_kib)
+                )
+            };
             let _ = writeln!(
                 out,
-                "{:<34} {:>8.1} MiB",
+                "{:<34} {:>8.1} MiB   {}",
                 "idle agent",
-                mib(memory.idle_kib)
+                mib(memory.idle_kib),
+                heap(&memory.idle_heap)
             );
             for (round, (inflight, after)) in memory
                 .inflight_kib
@@ -326,6 +350,7 @@ impl Report {
                 .zip(&memory.after_kib)
                 .enumerate()
             {
+                let after_heap = memory.after_heap.get(round).map(heap).unwrap_or_default();
                 let _ = writeln!(
                     out,
                     "{:<34} {:>8.1} MiB",
@@ -334,7 +359,7 @@ impl Report {
                 );
                 let _ = writeln!(
                     out,
-                    "{:<34} {:>8.1} MiB",
+                    "{:<34} {:>8.1} MiB   {after_heap}",
                     format!("after they returned (round {})", round + 1),
                     mib(*after)
                 );

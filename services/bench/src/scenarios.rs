@@ -393,6 +393,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
     let mut report = MemoryReport {
         inflight,
         idle_kib: harness::rss_kib(),
+        idle_heap: harness::heap_kib(),
         ..MemoryReport::default()
     };
     for _round in 0..MEMORY_ROUNDS {
@@ -418,6 +419,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
         // Measured once the server's side has settled too (its last replies confirmed).
         tokio::time::sleep(SETTLE).await;
         report.after_kib.push(harness::rss_kib());
+        report.after_heap.push(harness::heap_kib());
     }
     report.peak_kib = harness::peak_rss_kib();
     server.stop(STOP).await;
