@@ -121,6 +121,16 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     let rounds = memory["inflight_kib"].as_array().unwrap().len();
     assert!(rounds >= 2, "{memory}");
     assert_eq!(memory["after_kib"].as_array().unwrap().len(), rounds);
+    // The allocator's own figures: zeros would mean its statistics are not built in.
+    assert!(
+        memory["idle_heap"]["live_kib"].as_u64().unwrap() > 0,
+        "{memory}"
+    );
+    let after_heap = memory["after_heap"].as_array().unwrap();
+    assert_eq!(after_heap.len(), rounds, "{memory}");
+    assert!(after_heap
+        .iter()
+        .all(|heap| heap["resident_kib"].as_u64().unwrap() >= heap["live_kib"].as_u64().unwrap()));
 
     // The tail section: three loads, both sides, percentiles in order.
     assert!(stdout.contains("tail (call/json, open loop"), "{stdout}");

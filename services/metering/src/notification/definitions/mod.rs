@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use self::meter::{shown, Fallback, MeterDefinition};
+use self::meter::{shown, EventTypePatterns, Fallback, MeterDefinition};
 pub(crate) use self::sample::check_volume;
 use self::sample::Origin;
 pub use self::sample::{Fatal, Finished, MeterSample};
@@ -230,6 +230,7 @@ impl DefinitionSet {
         let mut definitions = Vec::new();
         let mut problems = Vec::new();
         let mut names = HashSet::new();
+        let mut patterns = EventTypePatterns::default();
         for (file, list) in &files {
             for config in list.iter().rev() {
                 let name = shown(config.get("name").unwrap_or(&Value::Null));
@@ -242,7 +243,7 @@ impl DefinitionSet {
                     });
                     continue;
                 }
-                match MeterDefinition::new(config) {
+                match MeterDefinition::new(config, &mut patterns) {
                     Ok(definition) => {
                         names.insert(name);
                         definitions.push(definition);
