@@ -27,5 +27,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli::run(cli))
+    let code = runtime.block_on(cli::run(cli));
+    // The process ends here, and the runtime with it: it is not dropped, because dropping cancels
+    // the tasks still running, and lapin's I/O thread, when it is still connecting (a stop soon
+    // after start), waits on one of them and panics when it is cancelled.
+    std::mem::forget(runtime);
+    code
 }

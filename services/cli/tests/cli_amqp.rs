@@ -282,3 +282,27 @@ fn notify_and_listen_speak_json_lines() {
         "an unknown priority is a usage error"
     );
 }
+
+/// An agent that stops at once (a store it cannot use) while its transport is still connecting
+/// says why and nothing else: no thread of the AMQP client panics on the way out.
+#[test]
+fn an_agent_that_fails_at_start_exits_cleanly() {
+    let bus = Bus::amqp();
+    for _ in 0..10 {
+        let out = tidings(
+            bus.url(),
+            &[
+                "meter",
+                "collector",
+                "--store",
+                "not-a-store-url",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("unsupported store URL"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
