@@ -59,6 +59,30 @@ async fn declare_durable(channel: &lapin::Channel, queue: &str) {
         .unwrap_or_else(|e| panic!("could not declare {queue}: {e}"));
 }
 
+/// Deletes `queue` and declares it durable in its place, as a peer would; again when the server
+/// declared its own in between (it consumes again at once after a cancel, and a refused
+/// declaration closes the peer's channel).
+async fn take_over_durable(bus: &Bus, queue: &str) -> lapin::Channel {
+    for _ in 0..20 {
+        let peer = operator(bus).await;
+        delete_queue(&peer, queue).await;
+        let declared = peer
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if declared.is_ok() {
+            return peer;
+        }
+    }
+    panic!("the server's own {queue} won every race against the peer's");
+}
+
 async fn echo(client: &RpcClient, x: i64) -> Result<Value, tidings::rpc::RpcError> {
     client
         .call(&Context::new(), "echo", json!({ "x": x }))
@@ -230,9 +254,7 @@ async fn a_queue_redeclared_with_other_arguments_is_retried_with_backoff_then_re
     let opened = serving.stats().connections_opened;
 
     // A peer takes the queue's name with other arguments the moment it is gone.
-    let peer = operator(&bus).await;
-    delete_queue(&peer, TOPIC).await;
-    declare_durable(&peer, TOPIC).await;
+    let peer = take_over_durable(&bus, TOPIC).await;
     let broken_for = Duration::from_secs(4);
     tokio::time::sleep(broken_for).await;
     let stats = serving.stats();
@@ -260,8 +282,7 @@ async fn a_queue_redeclared_with_other_arguments_is_retried_with_backoff_then_re
     println!("after the operator's fix, calls succeed again after {took:?}");
 
     // Broken again, then stopped: the stop report names the queue and the argument.
-    delete_queue(&peer, TOPIC).await;
-    declare_durable(&peer, TOPIC).await;
+    take_over_durable(&bus, TOPIC).await;
     wait_for("a refused declaration", || {
         serving.stats().declarations_refused > stats.declarations_refused
     })
