@@ -45,7 +45,7 @@ async fn delete_queue(channel: &lapin::Channel, queue: &str) {
 }
 
 /// Declares `queue` durable, as a peer configured with `amqp_durable_queues` would.
-async fn declare_durable(channel: &lapin::Channel, queue: &str) {
+async fn declare_durable(channel: &lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
     channel
         .queue_declare(
             queue.into(),
@@ -56,7 +56,7 @@ async fn declare_durable(channel: &lapin::Channel, queue: &str) {
             FieldTable::default(),
         )
         .await
-        .unwrap_or_else(|e| panic!("could not declare {queue}: {e}"));
+        .map(|_| ())
 }
 
 /// Deletes `queue` and declares it durable in its place, as a peer would; again when the server
@@ -66,17 +66,7 @@ async fn take_over_durable(bus: &Bus, queue: &str) -> lapin::Channel {
     for _ in 0..20 {
         let peer = operator(bus).await;
         delete_queue(&peer, queue).await;
-        let declared = peer
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if declared.is_ok() {
+        if declare_durable(&peer, queue).await.is_ok() {
             return peer;
         }
     }
@@ -302,7 +292,9 @@ async fn a_queue_redeclared_with_other_arguments_is_retried_with_backoff_then_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_subscription_against_a_mismatched_queue_fails_naming_queue_and_argument() {
     let bus = Bus::amqp();
-    declare_durable(&operator(&bus).await, TOPIC).await;
+    declare_durable(&operator(&bus).await, TOPIC)
+        .await
+        .unwrap_or_else(|e| panic!("could not declare {TOPIC}: {e}"));
     let transport = bus.transport().await;
     let error = RpcServer::builder(&transport, Target::topic(TOPIC).with_server("host-1"))
         .endpoint(test_endpoint("host-1", Arc::default()))
