@@ -76,15 +76,17 @@ impl Mailbox {
         } else {
             state.keepalive = Some(reply);
         }
-        if let Some(waker) = state.waker.take() {
-            drop(state);
-            waker.wake();
-        }
+        Self::wake(state);
     }
 
     fn lose(&self) {
         let mut state = self.state();
         state.lost = true;
+        Self::wake(state);
+    }
+
+    /// Wakes the waiting call, outside the lock.
+    fn wake(mut state: MutexGuard<'_, MailboxState>) {
         if let Some(waker) = state.waker.take() {
             drop(state);
             waker.wake();
@@ -207,6 +209,13 @@ impl ReplyRouter {
         }
     }
 
+    /// Ends every waiting call with `None`: the reply queue is gone.
+    fn lose_all(&self) {
+        for (_, mailbox) in self.waiters().drain() {
+            mailbox.lose();
+        }
+    }
+
     fn unregister(&self, msg_id: &str) {
         let mut waiters = self.waiters();
         waiters.remove(msg_id);
@@ -265,9 +274,7 @@ impl ReplyRouter {
         }
         if let Some(router) = router.upgrade() {
             router.alive.store(false, Ordering::Release);
-            for (_, mailbox) in router.waiters().drain() {
-                mailbox.lose();
-            }
+            router.lose_all();
         }
         inbox.close().await;
     }
@@ -364,9 +371,7 @@ mod tests {
         let got = waiter.next().await.map(|r| r.result);
         assert_eq!(got, Some(json!("done")));
         assert!(put.await.is_ok());
-        for (_, mailbox) in router.waiters().drain() {
-            mailbox.lose();
-        }
+        router.lose_all();
         assert!(other.next().await.is_none());
     }
 
