@@ -76,17 +76,15 @@ impl Mailbox {
         } else {
             state.keepalive = Some(reply);
         }
-        Self::wake(state);
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
     }
 
     fn lose(&self) {
         let mut state = self.state();
         state.lost = true;
-        Self::wake(state);
-    }
-
-    /// Wakes the waiting call, outside the lock.
-    fn wake(mut state: MutexGuard<'_, MailboxState>) {
         if let Some(waker) = state.waker.take() {
             drop(state);
             waker.wake();
@@ -209,13 +207,6 @@ impl ReplyRouter {
         }
     }
 
-    /// Ends every waiting call with `None`: the reply queue is gone.
-    fn lose_all(&self) {
-        for (_, mailbox) in self.waiters().drain() {
-            mailbox.lose();
-        }
-    }
-
     fn unregister(&self, msg_id: &str) {
         let mut waiters = self.waiters();
         waiters.remove(msg_id);
@@ -274,7 +265,9 @@ impl ReplyRouter {
         }
         if let Some(router) = router.upgrade() {
             router.alive.store(false, Ordering::Release);
-            router.lose_all();
+            for (_, mailbox) in router.waiters().drain() {
+                mailbox.lose();
+            }
         }
         inbox.close().await;
     }
@@ -371,7 +364,9 @@ mod tests {
         let got = waiter.next().await.map(|r| r.result);
         assert_eq!(got, Some(json!("done")));
         assert!(put.await.is_ok());
-        router.lose_all();
+        for (_, mailbox) in router.waiters().drain() {
+            mailbox.lose();
+        }
         assert!(other.next().await.is_none());
     }
 
