@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tidings::codec::{CallInfo, Codec, RpcReply, RpcRequest};
 use tidings::rpc::{RpcClient, RpcError, RpcServer};
 use tidings::trace::{TraceParent, TRACEPARENT_KEY};
-use tidings::transport::{Destination, OutgoingMessage, TransportError, TransportOptions};
+use tidings::transport::{
+    DeliverySink, Destination, OutgoingMessage, TransportError, TransportOptions,
+};
 use tidings::{Context, Target, Transport, Version};
 use tidings_suites::{eventually, take_trace_parent, test_endpoint, Bus, Probe};
 
@@ -46,6 +48,28 @@ pub async fn call_returns_the_typed_result(bus: Bus) {
         .await
         .unwrap();
     assert_eq!(text, "plain");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// More calls at once than the AMQP driver lets wait for their confirm: the rest wait their
+/// turn, and every one returns its own result.
+pub async fn a_burst_beyond_the_publish_window_all_return(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let client = client(&transport).timeout(Duration::from_secs(60));
+    let calls = 2 * tidings::transport::amqp::MAX_UNCONFIRMED_PUBLISHES + 1;
+    let replies = futures::future::join_all((0..calls).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .call::<usize>(&Context::new(), "echo", json!({ "x": i }))
+                .await
+        }
+    }))
+    .await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.unwrap(), i);
+    }
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -556,6 +580,59 @@ async fn raw_call(
     replies.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Collects the bodies its driver hands it; a body of `panic` makes it panic.
+struct CollectingSink(tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
+
+impl DeliverySink for CollectingSink {
+    fn take(&self, delivery: tidings::transport::Delivery) {
+        let (body, _, acker) = delivery.into_parts();
+        assert_ne!(&body[..], b"panic", "the sink was told to panic");
+        let _ = self.0.send(body.to_vec());
+        // A sink must not wait: settle on a task of its own.
+        tokio::spawn(acker.ack());
+    }
+}
+
+pub async fn a_reply_queue_sink_takes_each_reply_and_outlives_its_own_panic(bus: Bus) {
+    let transport = bus.transport().await;
+    let (sender, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    let (queue, mut ended) = transport
+        .driver()
+        .open_reply_queue_into(Arc::new(CollectingSink(sender)))
+        .await
+        .unwrap();
+    let destination = Destination::Reply {
+        queue: queue.clone(),
+    };
+    for body in ["first", "panic", "second"] {
+        transport
+            .driver()
+            .publish(
+                &destination,
+                OutgoingMessage::new(body.as_bytes().to_vec(), "application/json"),
+            )
+            .await
+            .unwrap();
+    }
+    for expected in ["first", "second"] {
+        let body = tokio::time::timeout(Duration::from_secs(10), taken.recv())
+            .await
+            .expect("the sink takes the reply")
+            .expect("the sink is still held");
+        assert_eq!(body, expected.as_bytes());
+    }
+    // The inbox carries nothing but the consumer's end.
+    let nothing = tokio::time::timeout(Duration::from_millis(100), ended.recv()).await;
+    assert!(nothing.is_err(), "the inbox yielded {nothing:?}");
+    // Closing it stops the consumer, which lets go of the sink.
+    ended.close().await;
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        while taken.recv().await.is_some() {}
+    })
+    .await;
+    assert!(released.is_ok(), "the sink is still held after the close");
+}
+
 pub async fn keepalives_follow_the_interval_and_stop_at_the_final_reply(bus: Bus) {
     let transport = bus.transport().await;
     let server = serve(&transport, "s1", Arc::default()).await;
@@ -734,6 +811,7 @@ macro_rules! rpc_suite {
     ($bus:expr) => {
         suite!($bus;
             call_returns_the_typed_result,
+            a_burst_beyond_the_publish_window_all_return,
             context_reaches_the_handler,
             calls_from_another_process_get_their_own_replies,
             cast_is_delivered_once,
@@ -754,6 +832,7 @@ macro_rules! rpc_suite {
             call_monitor_keeps_a_long_call_alive,
             msgpack_and_json_clients_share_one_server,
             keepalives_follow_the_interval_and_stop_at_the_final_reply,
+            a_reply_queue_sink_takes_each_reply_and_outlives_its_own_panic,
             no_keepalive_follows_an_error_reply,
             a_call_with_an_unusable_timeout_is_refused_with_a_value_error,
             messages_above_the_size_limit_are_refused_on_both_sides,

@@ -5,6 +5,10 @@
 //! event. When the reply queue's inbox ends (connection lost for good), every waiter is failed at
 //! once instead of waiting out its timeout.
 //!
+//! Replies are routed where the driver receives them (a [`DeliverySink`] on the AMQP driver's
+//! consumer task): decoding a reply and waking its call is less work than handing the reply to
+//! another task first.
+//!
 //! Each call gets a [`Mailbox`] rather than a channel: a call takes at most one reply that
 //! matters beside its keepalives, and a channel's first block (room for 32 replies, about 9 KiB)
 //! was most of what a call in flight cost the process.
@@ -19,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, RpcReply};
 use crate::serve::{Refusal, RefusalTally, Refusals};
-use crate::transport::{ack_without_waiting, Attachment, Inbox, Transport, TransportError};
+use crate::transport::{
+    ack_without_waiting, Attachment, Delivery, DeliverySink, Inbox, Transport, TransportError,
+};
 
 /// The reply queue of a transport, kept as its attachment: opened by the first call, opened
 /// again after the previous one was lost, shut when the transport closes.
@@ -117,10 +123,69 @@ impl Mailbox {
 #[derive(Debug)]
 pub(crate) struct ReplyRouter {
     queue: String,
-    waiters: Mutex<Waiters>,
+    desk: Arc<ReplyDesk>,
     alive: AtomicBool,
     stop: CancellationToken,
+}
+
+/// The calls waiting for replies, and what was refused: the sink the driver hands each reply
+/// to.
+#[derive(Debug, Default)]
+struct ReplyDesk {
+    waiters: Mutex<Waiters>,
     refusals: RefusalTally,
+    max_message_size: usize,
+}
+
+impl ReplyDesk {
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        // The map stays consistent under panic: each operation is a single insert or remove.
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a refused reply and logs it, a few lines per window at most.
+    fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
+        if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
+            tracing::debug!(bytes, left_out, %reason, "dropped a reply");
+        }
+    }
+
+    /// Ends every waiting call: no reply will come.
+    fn lose_all(&self) {
+        for (_, mailbox) in self.waiters().drain() {
+            mailbox.lose();
+        }
+    }
+}
+
+impl DeliverySink for ReplyDesk {
+    fn take(&self, delivery: Delivery) {
+        let (body, content_type, acker) = delivery.into_parts();
+        // Acknowledged at once: the reply queue is consumed with a prefetch, so a flood of
+        // replies nobody asked for waits in the broker, not here, and is dropped as fast as it
+        // can be looked at.
+        ack_without_waiting(acker, "a reply");
+        if body.len() > self.max_message_size {
+            self.refuse(
+                Refusal::TooLarge,
+                &format_args!("larger than the limit of {} bytes", self.max_message_size),
+                body.len(),
+            );
+            return;
+        }
+        let reply =
+            Codec::from_content_type(&content_type).and_then(|codec| codec.decode_reply(&body));
+        match reply {
+            Ok(reply) => {
+                let mailbox = self.waiters().get(&reply.msg_id).cloned();
+                match mailbox {
+                    Some(mailbox) => mailbox.put(reply),
+                    None => self.refuse(Refusal::Unsolicited, &"nobody waits for it", body.len()),
+                }
+            }
+            Err(error) => self.refuse(Refusal::Malformed, &error, body.len()),
+        }
+    }
 }
 
 impl ReplyRouter {
@@ -140,24 +205,30 @@ impl ReplyRouter {
         Ok(started)
     }
 
-    /// Opens a reply queue on `driver` and starts routing its deliveries until `stop`.
+    /// Opens a reply queue on `driver`, its replies routed to the calls waiting for them, and
+    /// watches it until `stop`.
     async fn start(
         transport: &Transport,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, TransportError> {
-        let (queue, inbox) = transport.driver().open_reply_queue().await?;
+        let desk = Arc::new(ReplyDesk {
+            max_message_size: transport.max_message_size(),
+            ..ReplyDesk::default()
+        });
+        let (queue, inbox) = transport
+            .driver()
+            .open_reply_queue_into(desk.clone())
+            .await?;
         let router = Arc::new(Self {
             queue,
-            waiters: Mutex::default(),
+            desk,
             alive: AtomicBool::new(true),
             stop,
-            refusals: RefusalTally::default(),
         });
-        tokio::spawn(Self::route(
+        tokio::spawn(Self::watch(
             Arc::downgrade(&router),
             router.stop.clone(),
             inbox,
-            transport.max_message_size(),
         ));
         Ok(router)
     }
@@ -166,14 +237,7 @@ impl ReplyRouter {
     pub(crate) async fn refusals_of(transport: &Transport) -> Option<Refusals> {
         let slot = transport.attachment::<ReplyQueueSlot>();
         let router = slot.router.lock().await;
-        router.as_ref().map(|r| r.refusals.snapshot())
-    }
-
-    /// Counts a refused reply and logs it, a few lines per window at most.
-    fn refuse(&self, refusal: Refusal, why: &dyn std::fmt::Display, bytes: usize) {
-        if let Some((left_out, reason)) = self.refusals.record(refusal, why) {
-            tracing::debug!(queue = %self.queue, bytes, left_out, %reason, "dropped a reply");
-        }
+        router.as_ref().map(|r| r.desk.refusals.snapshot())
     }
 
     /// The reply queue's name, sent as `_reply_q`.
@@ -187,8 +251,7 @@ impl ReplyRouter {
     }
 
     fn waiters(&self) -> MutexGuard<'_, Waiters> {
-        // The map stays consistent under panic: each operation is a single insert or remove.
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+        self.desk.waiters()
     }
 
     /// Registers interest in the replies to `msg_id` until the returned waiter drops.
@@ -218,12 +281,10 @@ impl ReplyRouter {
         }
     }
 
-    async fn route(
-        router: std::sync::Weak<Self>,
-        stop: CancellationToken,
-        mut inbox: Inbox,
-        max_message_size: usize,
-    ) {
+    /// Waits until the reply queue is lost or the router stops, then ends every waiting call
+    /// and closes the queue. The driver routes the replies; an inbox that yields deliveries
+    /// after all (a driver that ignores the sink) has them routed here.
+    async fn watch(router: std::sync::Weak<Self>, stop: CancellationToken, mut inbox: Inbox) {
         loop {
             let delivery = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -235,41 +296,20 @@ impl ReplyRouter {
             let Some(router) = router.upgrade() else {
                 break;
             };
-            let (body, content_type, acker) = delivery.into_parts();
-            // Acknowledged at once: the reply queue is consumed with a prefetch, so a flood of
-            // replies nobody asked for waits in the broker, not here, and is dropped as fast as
-            // it can be looked at.
-            ack_without_waiting(acker, "a reply");
-            if body.len() > max_message_size {
-                router.refuse(
-                    Refusal::TooLarge,
-                    &format_args!("larger than the limit of {max_message_size} bytes"),
-                    body.len(),
-                );
-                continue;
-            }
-            let reply =
-                Codec::from_content_type(&content_type).and_then(|codec| codec.decode_reply(&body));
-            match reply {
-                Ok(reply) => {
-                    let mailbox = router.waiters().get(&reply.msg_id).cloned();
-                    match mailbox {
-                        Some(mailbox) => mailbox.put(reply),
-                        None => {
-                            router.refuse(Refusal::Unsolicited, &"nobody waits for it", body.len())
-                        }
-                    }
-                }
-                Err(error) => router.refuse(Refusal::Malformed, &error, body.len()),
-            }
+            router.desk.take(delivery);
         }
         if let Some(router) = router.upgrade() {
             router.alive.store(false, Ordering::Release);
-            for (_, mailbox) in router.waiters().drain() {
-                mailbox.lose();
-            }
+            router.desk.lose_all();
         }
         inbox.close().await;
+    }
+}
+
+impl Drop for ReplyRouter {
+    fn drop(&mut self) {
+        // Nobody can wait on this queue any more: stop consuming it.
+        self.stop.cancel();
     }
 }
 
@@ -318,10 +358,9 @@ mod tests {
     fn router() -> Arc<ReplyRouter> {
         Arc::new(ReplyRouter {
             queue: "reply_test".to_owned(),
-            waiters: Mutex::default(),
+            desk: Arc::default(),
             alive: AtomicBool::new(true),
             stop: CancellationToken::new(),
-            refusals: RefusalTally::default(),
         })
     }
 
@@ -364,9 +403,7 @@ mod tests {
         let got = waiter.next().await.map(|r| r.result);
         assert_eq!(got, Some(json!("done")));
         assert!(put.await.is_ok());
-        for (_, mailbox) in router.waiters().drain() {
-            mailbox.lose();
-        }
+        router.desk.lose_all();
         assert!(other.next().await.is_none());
     }
 

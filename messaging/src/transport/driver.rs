@@ -396,6 +396,48 @@ impl Drop for Inbox {
     }
 }
 
+/// Takes a subscription's deliveries where the driver receives them, instead of through an
+/// [`Inbox`]'s channel: when the work is a lookup and a wake-up (handing a reply to the call
+/// that waits for it), a hand-off to another task costs more than the work itself.
+///
+/// [`DeliverySink::take`] runs on the driver's consumer task: it must neither block nor wait,
+/// and it settles each delivery it takes. A panic in it is caught and logged, and that delivery
+/// is lost.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Takes one delivery.
+    fn take(&self, delivery: Delivery);
+}
+
+/// `sink.take(delivery)`, with a panic caught and logged rather than ending the caller.
+pub(crate) fn sink_guarded(sink: &dyn DeliverySink, delivery: Delivery) {
+    let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.take(delivery)));
+    if taken.is_err() {
+        tracing::error!("a delivery sink panicked; the delivery is dropped");
+    }
+}
+
+/// Hands the deliveries of `inbox` to `sink` from a task of its own: what a driver does that
+/// cannot call a sink from its consumer. The inbox returned yields nothing; it ends when
+/// `inbox` ends, and closing it closes `inbox`.
+pub fn sink_from_task(mut inbox: Inbox, sink: Arc<dyn DeliverySink>) -> Inbox {
+    let health = inbox.health();
+    let (ended, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                delivery = inbox.recv() => match delivery {
+                    Some(delivery) => sink_guarded(sink.as_ref(), delivery),
+                    None => break,
+                },
+                () = ended.closed() => break,
+            }
+        }
+        drop(ended);
+        inbox.close().await;
+    });
+    Inbox::new(receiver, None).with_health(health)
+}
+
 /// A transport driver. Implementations must be cheap to share (`Arc<dyn Driver>`).
 #[async_trait]
 pub trait Driver: Send + Sync + fmt::Debug + 'static {
@@ -417,6 +459,19 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Declares a fresh reply queue (`reply_<hex>`) and consumes it. The RPC client calls this
     /// once per transport and routes replies by `_msg_id`.
     async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError>;
+
+    /// [`Driver::open_reply_queue`] with each reply handed to `sink` as it arrives. The inbox
+    /// returned yields nothing: it ends when the reply queue is lost, and closing it stops the
+    /// consumer. By default a task reads the reply queue's inbox and hands on what it reads
+    /// ([`sink_from_task`]); a driver that calls the sink from its own consumer saves every
+    /// reply that hand-off.
+    async fn open_reply_queue_into(
+        &self,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Result<(String, Inbox), TransportError> {
+        let (name, inbox) = self.open_reply_queue().await?;
+        Ok((name, sink_from_task(inbox, sink)))
+    }
 
     /// Closes connections; later calls fail with [`TransportError::Closed`].
     async fn close(&self);

@@ -17,12 +17,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 pub use driver::{
-    dead_letter_queue, Acknowledge, CloseHook, ConsumeOptions, ConsumerHealth, Delivery,
-    Destination, Driver, Inbox, OutgoingMessage, Subscription, TransportStats,
+    dead_letter_queue, sink_from_task, Acknowledge, CloseHook, ConsumeOptions, ConsumerHealth,
+    Delivery, DeliverySink, Destination, Driver, Inbox, OutgoingMessage, Subscription,
+    TransportStats,
 };
 pub use error::TransportError;
 
-pub(crate) use driver::ack_without_waiting;
+pub(crate) use driver::{ack_without_waiting, sink_guarded};
 
 use crate::codec::Codec;
 use crate::url::{Scheme, TransportUrl};

@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use tidings::rpc::{Endpoint, RpcClient, RpcServer};
 use tidings::transport::amqp::AmqpDriver;
 use tidings::transport::{
-    ConsumeOptions, Destination, Driver, Inbox, OutgoingMessage, Subscription, TransportError,
-    TransportOptions, TransportStats,
+    ConsumeOptions, DeliverySink, Destination, Driver, Inbox, OutgoingMessage, Subscription,
+    TransportError, TransportOptions, TransportStats,
 };
 use tidings::{Context, Target, Transport};
 use tokio::time::{timeout, Instant};
@@ -689,6 +689,13 @@ impl Driver for SharedDriver {
 
     async fn open_reply_queue(&self) -> Result<(String, Inbox), TransportError> {
         self.0.open_reply_queue().await
+    }
+
+    async fn open_reply_queue_into(
+        &self,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Result<(String, Inbox), TransportError> {
+        self.0.open_reply_queue_into(sink).await
     }
 
     async fn close(&self) {}

@@ -30,7 +30,7 @@ use super::link::{Backoff, Link, Session, STABLE_SESSION};
 use super::Counters;
 use crate::codec::limits;
 use crate::transport::driver::{Acknowledge, ConsumerHealth, Delivery};
-use crate::transport::TransportError;
+use crate::transport::{sink_guarded, DeliverySink, TransportError};
 
 /// What a consumer consumes, and whether it survives a lost connection.
 #[derive(Clone, Debug)]
@@ -137,17 +137,35 @@ struct Held {
     requeues: u32,
 }
 
-/// Starts consuming `spec` into `sender`; returns once the queues are declared and consumed on
+/// Where a consumer's deliveries go.
+pub(super) enum Feed {
+    /// Into an inbox's channel, waiting for room (the prefetch bounds what waits there).
+    Inbox(mpsc::Sender<Delivery>),
+    /// To a sink, called on the consumer task. Nothing is sent on the inbox's channel: it only
+    /// tells its owner that the consumer ended, and the consumer that its owner closed it.
+    Sink(Arc<dyn DeliverySink>, mpsc::Sender<Delivery>),
+}
+
+impl Feed {
+    /// Once the inbox's owner closed it (or dropped it).
+    async fn closed(&self) {
+        match self {
+            Feed::Inbox(sender) | Feed::Sink(_, sender) => sender.closed().await,
+        }
+    }
+}
+
+/// Starts consuming `spec` into `feed`; returns once the queues are declared and consumed on
 /// the first connection, or with the error that prevented it.
 pub(super) async fn start(
     link: Arc<Link>,
     spec: ConsumerSpec,
-    sender: mpsc::Sender<Delivery>,
+    feed: Feed,
     patience: std::time::Duration,
 ) -> Result<(), TransportError> {
     let session = link.session(patience).await?;
     let (ready, first) = oneshot::channel();
-    tokio::spawn(run(link, spec, sender, session, ready));
+    tokio::spawn(run(link, spec, feed, session, ready));
     first.await.unwrap_or(Err(TransportError::Closed))
 }
 
@@ -169,7 +187,7 @@ const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 async fn run(
     link: Arc<Link>,
     spec: ConsumerSpec,
-    sender: mpsc::Sender<Delivery>,
+    feed: Feed,
     mut session: Arc<Session>,
     ready: oneshot::Sender<Result<(), TransportError>>,
 ) {
@@ -177,7 +195,7 @@ async fn run(
     let mut backoff = Backoff::new(&spec.republisher.options);
     loop {
         let started = Instant::now();
-        let outcome = consume_on(&session, &spec, &sender, &mut ready).await;
+        let outcome = consume_on(&session, &spec, &feed, &mut ready).await;
         match outcome {
             Ok(Ended::InboxClosed) => return,
             Ok(Ended::ConnectionLost) => {
@@ -210,7 +228,7 @@ async fn run(
         if !session.is_dead() {
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_wait()) => {}
-                () = sender.closed() => return,
+                () = feed.closed() => return,
             }
         }
         if session.is_dead() {
@@ -219,7 +237,7 @@ async fn run(
             }
             let next = tokio::select! {
                 next = link.session_after(session.generation) => next,
-                () = sender.closed() => return,
+                () = feed.closed() => return,
             };
             match next {
                 Ok(next) => session = next,
@@ -380,7 +398,7 @@ fn classify(session: &Session, channel: &Channel) -> Option<Ended> {
 async fn consume_on(
     session: &Session,
     spec: &ConsumerSpec,
-    sender: &mpsc::Sender<Delivery>,
+    feed: &Feed,
     ready: &mut Option<oneshot::Sender<Result<(), TransportError>>>,
 ) -> Result<Ended, TransportError> {
     let channel = session
@@ -475,7 +493,7 @@ async fn consume_on(
                     }
                 }
             }
-            () = sender.closed() => break Ended::InboxClosed,
+            () = feed.closed() => break Ended::InboxClosed,
             () = acks.wait_pending() => {
                 acks.flush();
                 continue;
@@ -545,6 +563,13 @@ async fn consume_on(
             Box::new(acker),
         )
         .with_expiration(expiration);
+        let sender = match feed {
+            Feed::Sink(sink, _) => {
+                sink_guarded(sink.as_ref(), ours);
+                continue;
+            }
+            Feed::Inbox(sender) => sender,
+        };
         // Waiting for room in the inbox, keep sending acknowledgements: the broker counts
         // unsent ones against the prefetch.
         let permit = loop {

@@ -186,6 +186,9 @@ impl Session {
     }
 }
 
+/// How long closing a connection waits for the broker's answer.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How long a discarded publishing channel stays open for the confirms still due on it.
 const DISCARDED_CHANNEL_GRACE: Duration = Duration::from_secs(5);
 
@@ -290,7 +293,10 @@ impl Link {
         self.stop.cancel();
         let session = self.session.borrow().clone();
         if let Some(session) = session {
-            let _ = session.connection.close(200, "closing".into()).await;
+            // Bounded: a connection whose I/O has already ended may never answer, and a
+            // transport's close must not hang its caller.
+            let closing = session.connection.close(200, "closing".into());
+            let _ = tokio::time::timeout(CLOSE_PATIENCE, closing).await;
         }
     }
 }
@@ -331,8 +337,12 @@ impl Keeper {
         )))
     }
 
-    /// Connects to the next host in turn; on failure, says which host refused.
-    async fn connect_next(&mut self) -> Result<(), (String, lapin::Error)> {
+    /// Connects to the next host in turn; on failure, says which host refused, and why.
+    ///
+    /// Each attempt is bounded by `connection_timeout`: lapin has had releases whose connect
+    /// never resolved when the broker refused the handshake, and a keeper stuck in one would
+    /// never reconnect.
+    async fn connect_next(&mut self) -> Result<(), (String, String)> {
         let uri = self.uris[self.next_host % self.uris.len()].clone();
         self.next_host = self.next_host.wrapping_add(1);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
@@ -340,16 +350,24 @@ impl Keeper {
             format!("tidings:{}:{}", self.purpose, std::process::id()).into(),
         );
         self.counters.add(&self.counters.connections_opened);
-        let connected = match &self.tls {
-            Some(tls) => match lapin::runtime::default_runtime() {
-                Ok(runtime) => {
-                    Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime).await
-                }
-                Err(error) => Err(error),
-            },
-            None => Connection::connect_uri(uri, properties).await,
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => match lapin::runtime::default_runtime() {
+                    Ok(runtime) => {
+                        Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                },
+                None => Connection::connect_uri(uri, properties).await,
+            }
         };
-        let connection = connected.map_err(|error| (host.clone(), error))?;
+        let patience = self.options.connection_timeout;
+        let connection = match tokio::time::timeout(patience, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err((host, error.to_string())),
+            Err(_) => return Err((host, format!("no answer within {patience:?}"))),
+        };
         self.generation += 1;
         tracing::info!(%host, purpose = self.purpose, generation = self.generation, "connected to the broker");
         let session = Arc::new(Session {
