@@ -145,15 +145,28 @@ fn amqp_uri(url: &TransportUrl) -> Result<AMQPUri> {
     })
 }
 
+/// How long the baseline waits to connect, or for a connection to close: lapin has had
+/// releases where either could wait for ever, and a bench must end.
+const CONNECTION_PATIENCE: Duration = Duration::from_secs(30);
+
 pub(crate) async fn connect(env: &Env) -> Result<Connection> {
-    Ok(Connection::connect_uri(amqp_uri(&env.url)?, ConnectionProperties::default()).await?)
+    let connecting = Connection::connect_uri(amqp_uri(&env.url)?, ConnectionProperties::default());
+    match tokio::time::timeout(CONNECTION_PATIENCE, connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(BenchError(format!(
+            "the baseline could not connect within {CONNECTION_PATIENCE:?}"
+        ))),
+    }
 }
 
 /// Closes connections, ignoring errors (the run is over).
 pub(crate) async fn close(connections: &[&Connection]) {
-    for connection in connections {
-        let _ = connection.close(200, "bench done".into()).await;
-    }
+    let closing = futures::future::join_all(
+        connections
+            .iter()
+            .map(|connection| connection.close(200, "bench done".into())),
+    );
+    let _ = tokio::time::timeout(CONNECTION_PATIENCE, closing).await;
 }
 
 fn properties(wire: Wire) -> BasicProperties {

@@ -372,7 +372,17 @@ pub(crate) fn heap_kib() -> crate::HeapKib {
     let kib = |bytes: Result<usize, tikv_jemalloc_ctl::Error>| bytes.map_or(0, |b| b as u64 / 1024);
     crate::HeapKib {
         live_kib: kib(stats::allocated::read()),
+        active_kib: kib(stats::active::read()),
+        metadata_kib: kib(stats::metadata::read()),
         resident_kib: kib(stats::resident::read()),
+    }
+}
+
+/// This process's resident set in its anonymous and file-backed parts.
+pub(crate) fn rss_split() -> crate::RssSplit {
+    crate::RssSplit {
+        anon_kib: status_kib("RssAnon:"),
+        file_kib: status_kib("RssFile:"),
     }
 }
 

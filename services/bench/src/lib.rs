@@ -197,6 +197,21 @@ pub struct MemoryReport {
     pub idle_heap: HeapKib,
     /// The allocator's view after the round's calls returned, per round.
     pub after_heap: Vec<HeapKib>,
+    /// The idle agent's resident set, anonymous and file-backed.
+    pub idle_split: RssSplit,
+    /// The same after the round's calls returned, per round.
+    pub after_split: Vec<RssSplit>,
+}
+
+/// A resident set in its two parts, in KiB: anonymous memory (heap, stacks, the C libraries'
+/// allocations) and pages of mapped files, the binary's code above all, which the kernel can
+/// drop and read again at will.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RssSplit {
+    /// `RssAnon` of /proc/self/status.
+    pub anon_kib: u64,
+    /// `RssFile` of /proc/self/status.
+    pub file_kib: u64,
 }
 
 /// jemalloc's view of this process's heap, in KiB: what the program holds, against what the
@@ -207,6 +222,11 @@ pub struct MemoryReport {
 pub struct HeapKib {
     /// Bytes allocated and not freed (`stats.allocated`).
     pub live_kib: u64,
+    /// Pages of the allocator's slabs and extents that hold at least one live allocation
+    /// (`stats.active`): above `live_kib` by what partly used pages waste.
+    pub active_kib: u64,
+    /// The allocator's own bookkeeping (`stats.metadata`).
+    pub metadata_kib: u64,
     /// Physically resident pages the allocator maps, metadata included (`stats.resident`).
     pub resident_kib: u64,
 }
@@ -330,10 +350,15 @@ impl Report {
         if let Some(memory) = &self.memory {
             let mib = |kib: u64| kib as f64 / 1024.0;
             let _ = writeln!(out, "\nmemory (VmRSS of this process: client and server)");
-            let heap = |heap: &HeapKib| {
+            let parts = |split: &RssSplit, heap: &HeapKib| {
                 format!(
-                    "heap {:.1} MiB live, {:.1} MiB resident",
+                    "anon {:.1}, file {:.1}; heap {:.1} live, {:.1} active, {:.1} metadata, \
+                     {:.1} resident",
+                    mib(split.anon_kib),
+                    mib(split.file_kib),
                     mib(heap.live_kib),
+                    mib(heap.active_kib),
+                    mib(heap.metadata_kib),
                     mib(heap.resident_kib)
                 )
             };
@@ -342,7 +367,7 @@ impl Report {
                 "{:<34} {:>8.1} MiB   {}",
                 "idle agent",
                 mib(memory.idle_kib),
-                heap(&memory.idle_heap)
+                parts(&memory.idle_split, &memory.idle_heap)
             );
             for (round, (inflight, after)) in memory
                 .inflight_kib
@@ -350,7 +375,11 @@ impl Report {
                 .zip(&memory.after_kib)
                 .enumerate()
             {
-                let after_heap = memory.after_heap.get(round).map(heap).unwrap_or_default();
+                let after_parts =
+                    match (memory.after_split.get(round), memory.after_heap.get(round)) {
+                        (Some(split), Some(heap)) => parts(split, heap),
+                        _ => String::new(),
+                    };
                 let _ = writeln!(
                     out,
                     "{:<34} {:>8.1} MiB",
@@ -359,7 +388,7 @@ impl Report {
                 );
                 let _ = writeln!(
                     out,
-                    "{:<34} {:>8.1} MiB   {after_heap}",
+                    "{:<34} {:>8.1} MiB   {after_parts}",
                     format!("after they returned (round {})", round + 1),
                     mib(*after)
                 );

@@ -394,6 +394,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
         inflight,
         idle_kib: harness::rss_kib(),
         idle_heap: harness::heap_kib(),
+        idle_split: harness::rss_split(),
         ..MemoryReport::default()
     };
     for _round in 0..MEMORY_ROUNDS {
@@ -420,6 +421,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
         tokio::time::sleep(SETTLE).await;
         report.after_kib.push(harness::rss_kib());
         report.after_heap.push(harness::heap_kib());
+        report.after_split.push(harness::rss_split());
     }
     report.peak_kib = harness::peak_rss_kib();
     server.stop(STOP).await;

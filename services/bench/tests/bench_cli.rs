@@ -9,7 +9,7 @@
 use std::process::Command;
 
 mod support;
-use support::{run_bench, BenchRun};
+use support::{output_within, run_bench, BenchRun, BENCH_DEADLINE};
 
 /// Scenarios whose baseline also runs without publisher confirms.
 const UNCONFIRMED: [&str; 5] = ["call-1", "call-64", "cast", "fanout-3", "notify-batch"];
@@ -128,9 +128,20 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     );
     let after_heap = memory["after_heap"].as_array().unwrap();
     assert_eq!(after_heap.len(), rounds, "{memory}");
-    assert!(after_heap
+    assert!(after_heap.iter().all(|heap| {
+        let kib = |key: &str| heap[key].as_u64().unwrap();
+        kib("active_kib") >= kib("live_kib")
+            && kib("resident_kib") >= kib("active_kib")
+            && kib("metadata_kib") > 0
+    }));
+    // The resident set in its parts: the binary's code is always among the file pages.
+    let after_split = memory["after_split"].as_array().unwrap();
+    assert_eq!(after_split.len(), rounds, "{memory}");
+    assert!(after_split
         .iter()
-        .all(|heap| heap["resident_kib"].as_u64().unwrap() >= heap["live_kib"].as_u64().unwrap()));
+        .chain([&memory["idle_split"]])
+        .all(|split| split["anon_kib"].as_u64().unwrap() > 0
+            && split["file_kib"].as_u64().unwrap() > 0));
 
     // The tail section: three loads, both sides, percentiles in order.
     assert!(stdout.contains("tail (call/json, open loop"), "{stdout}");
@@ -169,12 +180,13 @@ fn agents_section_measures_each_agent_or_says_how_to_build_the_binary() {
         "tidings-bench-agents-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
-    let output = Command::new(bench)
-        .args(["--only", "agents", "--json"])
-        .arg(&json_path)
-        .env_remove("TIDINGS_TRANSPORT_URL")
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(bench)
+            .args(["--only", "agents", "--json"])
+            .arg(&json_path)
+            .env_remove("TIDINGS_TRANSPORT_URL"),
+        BENCH_DEADLINE,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !cli.is_file() {
