@@ -51,6 +51,36 @@ pub async fn call_returns_the_typed_result(bus: Bus) {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// Arguments go out as the caller's serializer writes them only when a peer cannot misread
+/// them: a typed value (`__type__`/`__value__`, which kombu would decode) is refused before
+/// anything is sent, a non-object is refused, `null` is no arguments, and a mere `"__type__"`
+/// string goes through.
+pub async fn arguments_are_checked_before_they_are_sent(bus: Bus) {
+    let transport = bus.transport().await;
+    let server = serve(&transport, "s1", Arc::default()).await;
+    let client = client(&transport);
+    let context = Context::new();
+    let typed = json!({"x": [{"when": {"__type__": "datetime", "__value__": "2026-01-01"}}]});
+    match client.call::<Value>(&context, "echo", typed).await {
+        Err(RpcError::Codec(tidings::codec::CodecError::ForbiddenTypedValue { field })) => {
+            assert_eq!(field, "args")
+        }
+        other => panic!("a typed value in the arguments was not refused: {other:?}"),
+    }
+    match client.cast(&context, "echo", json!([1, 2])).await {
+        Err(RpcError::InvalidArguments { method, .. }) => assert_eq!(method, "echo"),
+        other => panic!("a list as arguments was not refused: {other:?}"),
+    }
+    let text: String = client
+        .call(&context, "echo", json!({"x": "__type__"}))
+        .await
+        .unwrap();
+    assert_eq!(text, "__type__");
+    // `context` takes no arguments: `null` must arrive as `{}`.
+    let _: Value = client.call(&context, "context", Value::Null).await.unwrap();
+    server.stop(Duration::from_secs(5)).await;
+}
+
 /// More calls at once than the AMQP driver lets wait for their confirm: the rest wait their
 /// turn, and every one returns its own result.
 pub async fn a_burst_beyond_the_publish_window_all_return(bus: Bus) {
@@ -811,6 +841,7 @@ macro_rules! rpc_suite {
     ($bus:expr) => {
         suite!($bus;
             call_returns_the_typed_result,
+            arguments_are_checked_before_they_are_sent,
             a_burst_beyond_the_publish_window_all_return,
             context_reaches_the_handler,
             calls_from_another_process_get_their_own_replies,

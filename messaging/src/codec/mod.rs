@@ -17,6 +17,7 @@
 //! as a typed value.
 
 mod error;
+mod fields;
 pub mod limits;
 mod message;
 mod msgpack;
@@ -30,7 +31,7 @@ mod tests;
 
 pub use error::CodecError;
 pub use message::{CallInfo, Notification, RpcReply, RpcRequest};
-pub(crate) use wire::RequestParts;
+pub(crate) use wire::{json_arguments, Arguments, RequestParts};
 
 /// The content type of oslo JSON bodies.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -88,10 +89,22 @@ impl Codec {
         req: wire::RequestParts<'_>,
     ) -> Result<Vec<u8>, CodecError> {
         wire::check_request(&req)?;
-        let view = wire::RequestView(req);
-        match self {
-            Codec::OsloJson => oslo_json::encode_enveloped(&view),
-            Codec::MessagePack => msgpack::encode_enveloped(&view),
+        match (self, req.args) {
+            (Codec::OsloJson, _) => oslo_json::encode_enveloped(&wire::RequestView(req)),
+            (Codec::MessagePack, wire::Arguments::Object(_)) => {
+                msgpack::encode_enveloped(&wire::RequestView(req))
+            }
+            // MessagePack has no use for JSON text: read it back into an object.
+            (Codec::MessagePack, wire::Arguments::Json(raw)) => {
+                let args: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(raw.get())
+                        .map_err(|e| CodecError::Encode(e.to_string()))?;
+                let req = wire::RequestParts {
+                    args: wire::Arguments::Object(&args),
+                    ..req
+                };
+                msgpack::encode_enveloped(&wire::RequestView(req))
+            }
         }
     }
 
@@ -107,8 +120,8 @@ impl Codec {
         &self,
         body: &[u8],
     ) -> Result<RpcRequest, (CodecError, Option<CallInfo>)> {
-        let map = self.decode_message(body).map_err(|error| (error, None))?;
-        wire::request_from_map(map)
+        let fields = self.decode_message(body).map_err(|error| (error, None))?;
+        wire::request_from_fields(fields)
     }
 
     /// Encodes an RPC reply in the 2.0 envelope.
@@ -135,7 +148,7 @@ impl Codec {
     /// Decodes an RPC reply. The failure may be a JSON string or a nested object in either
     /// codec.
     pub fn decode_reply(&self, body: &[u8]) -> Result<RpcReply, CodecError> {
-        wire::reply_from_map(self.decode_message(body)?)
+        wire::reply_from_fields(self.decode_message(body)?)
     }
 
     /// Encodes a notification, enveloped ([`NotificationFormat::V2`]) or bare
@@ -157,14 +170,11 @@ impl Codec {
 
     /// Decodes a notification, enveloped (v2) or bare (v1).
     pub fn decode_notification(&self, body: &[u8]) -> Result<Notification, CodecError> {
-        wire::notification_from_map(self.decode_message(body)?)
+        wire::notification_from_fields(self.decode_message(body)?)
     }
 
-    /// The inner message map of a body, enveloped or bare.
-    fn decode_message(
-        &self,
-        body: &[u8],
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CodecError> {
+    /// The inner message of a body, enveloped or bare.
+    fn decode_message(&self, body: &[u8]) -> Result<fields::Fields, CodecError> {
         match self {
             Codec::OsloJson => oslo_json::decode_message(body),
             Codec::MessagePack => msgpack::decode_message(body),

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
 use super::error::CodecError;
+use super::fields::Fields;
 use super::limits;
 use super::wire::{self, EnvelopeView};
 
@@ -68,18 +69,19 @@ fn parse(body: &[u8]) -> Result<Value, CodecError> {
 
 /// Decodes a body to its inner message map: the envelope is opened when the body has one,
 /// otherwise the body itself is the message (v1 notifications).
-pub(crate) fn decode_message(body: &[u8]) -> Result<Map<String, Value>, CodecError> {
-    let Value::Object(mut outer) = parse(body)? else {
+pub(crate) fn decode_message(body: &[u8]) -> Result<Fields, CodecError> {
+    let Value::Object(outer) = parse(body)? else {
         return Err(CodecError::WrongType {
             field: "body",
             expected: "a map",
         });
     };
+    let mut outer = Fields::from_map(outer);
     if !wire::is_envelope(&outer) {
         return Ok(outer);
     }
     match wire::open_envelope(&mut outer)? {
-        Value::Object(inner) => Ok(inner),
+        Value::Object(inner) => Ok(Fields::from_map(inner)),
         _ => Err(CodecError::WrongType {
             field: wire::MESSAGE_KEY,
             expected: "a map",

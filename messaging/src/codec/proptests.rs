@@ -222,6 +222,31 @@ proptest! {
     }
 
     #[test]
+    fn arguments_as_json_text_encode_as_the_object_does(req in arb_request()) {
+        // The client's shortcut: what serde_json wrote, embedded as it is, where it is safe.
+        let plain = Codec::OsloJson.encode_request(&req);
+        match json_arguments(&req.args) {
+            Some(raw) => {
+                prop_assert!(!object_has_typed_value(&req.args));
+                let parts = RequestParts { args: Arguments::Json(&raw), ..RequestParts::from(&req) };
+                for codec in CODECS {
+                    prop_assert_eq!(
+                        codec.encode_request_parts(parts),
+                        codec.encode_request(&req),
+                        "{:?}", codec
+                    );
+                }
+            }
+            // Left to the object, which is checked value by value.
+            None => prop_assert!(
+                object_has_typed_value(&req.args)
+                    || serde_json::to_string(&req.args).unwrap().contains("\"__type__\""),
+                "{:?}", plain
+            ),
+        }
+    }
+
+    #[test]
     fn reply_round_trip(reply in arb_reply()) {
         let forbidden = has_typed_value(&reply.result)
             || reply.failure.as_ref().is_some_and(|f| {

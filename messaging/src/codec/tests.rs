@@ -693,6 +693,19 @@ fn forbidden_typed_values() {
 }
 
 #[test]
+fn arguments_as_json_text_are_only_taken_when_plain() {
+    // Objects without a `__type__` key; anything else is left to the checked object path.
+    assert!(json_arguments(&json!({"a": [1, {"b": "__value__"}]})).is_some());
+    // The search is on the text: a mere string is enough to take the longer road.
+    assert!(json_arguments(&json!({"a": "__type__"})).is_none());
+    assert!(json_arguments(&json!({"a": {"__type__": 1, "__value__": 2}})).is_none());
+    assert!(json_arguments(&json!({"a": {"__type__": 1}})).is_none());
+    assert!(json_arguments(&json!([1, 2])).is_none());
+    assert!(json_arguments(&Value::Null).is_none());
+    assert!(json_arguments(&"text").is_none());
+}
+
+#[test]
 fn nan_and_infinity_are_clear_errors() {
     let inners = [
         r#"{"method": "m", "args": {"x": NaN}, "_unique_id": "u"}"#,

@@ -8,9 +8,11 @@
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::error::CodecError;
+use super::fields::{Fields, CONTEXT_PREFIX};
 use super::limits;
 use super::message::{CallInfo, Notification, RpcReply, RpcRequest};
 use crate::trace::TRACEPARENT_KEY;
@@ -22,8 +24,6 @@ pub(crate) const VERSION_KEY: &str = "oslo.version";
 pub(crate) const MESSAGE_KEY: &str = "oslo.message";
 /// The envelope version tidings writes.
 pub(crate) const ENVELOPE_VERSION: &str = "2.0";
-/// Prefix of the flattened context keys.
-const CONTEXT_PREFIX: &str = "_context_";
 
 /// Whether a receiver accepts envelope `version`: `2.<minor>` or `2.<minor>.<rev>`, digits only.
 pub(crate) fn envelope_version_ok(version: &str) -> bool {
@@ -43,12 +43,12 @@ pub(crate) fn envelope_version_ok(version: &str) -> bool {
 /// Whether an outer object is an envelope rather than a bare (v1 / un-enveloped) message.
 /// oslo.messaging needs both keys; one of them alone is treated as a broken envelope here, which
 /// gives a clearer error than "missing method".
-pub(crate) fn is_envelope(outer: &Map<String, Value>) -> bool {
-    outer.contains_key(VERSION_KEY) || outer.contains_key(MESSAGE_KEY)
+pub(crate) fn is_envelope(outer: &Fields) -> bool {
+    outer.contains(VERSION_KEY) || outer.contains(MESSAGE_KEY)
 }
 
 /// Checks the envelope version and takes the inner message value out of `outer`.
-pub(crate) fn open_envelope(outer: &mut Map<String, Value>) -> Result<Value, CodecError> {
+pub(crate) fn open_envelope(outer: &mut Fields) -> Result<Value, CodecError> {
     match outer.get(VERSION_KEY) {
         None => return Err(CodecError::MissingField(VERSION_KEY)),
         Some(Value::String(v)) if envelope_version_ok(v) => {}
@@ -120,7 +120,9 @@ fn check_context(context: &Context) -> Result<(), CodecError> {
 
 /// Refuses a request that would carry a typed value.
 pub(crate) fn check_request(req: &RequestParts<'_>) -> Result<(), CodecError> {
-    check_object(req.args, "args")?;
+    if let Arguments::Object(args) = req.args {
+        check_object(args, "args")?;
+    }
     check_context(req.context)
 }
 
@@ -176,12 +178,43 @@ fn serialize_context_with<M: SerializeMap>(
     Ok(())
 }
 
+/// A request's keyword arguments, as the encoder takes them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arguments<'a> {
+    /// An object, checked for typed values when it is encoded.
+    Object(&'a Map<String, Value>),
+    /// An object serde_json has already written, holding no typed value: the oslo JSON codec
+    /// embeds it as it is (see [`json_arguments`]).
+    Json(&'a RawValue),
+}
+
+impl Serialize for Arguments<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Arguments::Object(map) => map.serialize(serializer),
+            Arguments::Json(raw) => raw.serialize(serializer),
+        }
+    }
+}
+
+/// `args` written as JSON, when that text can go into a request as it is: an object without
+/// any `"__type__"` key (serde_json never escapes those characters, so a typed value cannot hide
+/// from the search). `None` for anything else, which is then built as a tree and checked (or
+/// refused) value by value. Writing once and searching the text costs a fraction of building
+/// the tree.
+pub(crate) fn json_arguments(args: &impl Serialize) -> Option<Box<RawValue>> {
+    let raw = serde_json::value::to_raw_value(args).ok()?;
+    let text = raw.get();
+    let plain = text.starts_with('{') && !text.contains("\"__type__\"");
+    plain.then_some(raw)
+}
+
 /// A request to encode, borrowed field by field, so that a client can encode one from its
 /// own target and the caller's context without copying either into an [`RpcRequest`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RequestParts<'a> {
     pub(crate) method: &'a str,
-    pub(crate) args: &'a Map<String, Value>,
+    pub(crate) args: Arguments<'a>,
     pub(crate) namespace: Option<&'a str>,
     pub(crate) version: Option<&'a str>,
     pub(crate) call: Option<&'a CallInfo>,
@@ -195,7 +228,7 @@ impl<'a> From<&'a RpcRequest> for RequestParts<'a> {
     fn from(r: &'a RpcRequest) -> Self {
         Self {
             method: &r.method,
-            args: &r.args,
+            args: Arguments::Object(&r.args),
             namespace: r.namespace.as_deref(),
             version: r.version.as_deref(),
             call: r.call.as_ref(),
@@ -220,7 +253,7 @@ impl Serialize for RequestView<'_> {
             + usize::from(r.traceparent.is_some() && r.context.get(TRACEPARENT_KEY).is_none());
         let mut map = serializer.serialize_map(Some(len))?;
         map.serialize_entry("method", r.method)?;
-        map.serialize_entry("args", r.args)?;
+        map.serialize_entry("args", &r.args)?;
         if let Some(namespace) = &r.namespace {
             map.serialize_entry("namespace", namespace)?;
         }
@@ -313,10 +346,10 @@ impl<M: Serialize> Serialize for EnvelopeView<M> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decoding from an inner message map.
+// Decoding from an inner message's fields.
 
 /// Takes a required string.
-fn take_string(map: &mut Map<String, Value>, field: &'static str) -> Result<String, CodecError> {
+fn take_string(map: &mut Fields, field: &'static str) -> Result<String, CodecError> {
     match map.remove(field) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(CodecError::WrongType {
@@ -328,10 +361,7 @@ fn take_string(map: &mut Map<String, Value>, field: &'static str) -> Result<Stri
 }
 
 /// Takes an optional string: absent or `null` is `None`.
-fn take_opt_string(
-    map: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, CodecError> {
+fn take_opt_string(map: &mut Fields, field: &'static str) -> Result<Option<String>, CodecError> {
     match map.remove(field) {
         Some(Value::String(s)) => Ok(Some(s)),
         None | Some(Value::Null) => Ok(None),
@@ -342,27 +372,20 @@ fn take_opt_string(
     }
 }
 
-/// Rebuilds the context from the `_context_*` keys left in `map`; other keys are dropped.
-fn take_context(map: Map<String, Value>) -> Context {
-    let mut context = Map::new();
-    for (mut key, value) in map {
-        if key.starts_with(CONTEXT_PREFIX) {
-            key.replace_range(..CONTEXT_PREFIX.len(), "");
-            context.insert(key, value);
-        }
-    }
-    Context::from(context)
+/// The context, from the message's `_context_*` keys; the other keys left are dropped.
+fn take_context(fields: Fields) -> Context {
+    Context::from(fields.into_context())
 }
 
 /// Decodes the inner message of a request. Keys other than the documented ones and
 /// `_context_*` are ignored. Every field a peer controls is checked against [`limits`]; a
 /// request refused after its `_msg_id` and `_reply_q` were read comes back with them, so that
 /// the caller can be told why instead of waiting out its timeout.
-pub(crate) fn request_from_map(
-    mut map: Map<String, Value>,
+pub(crate) fn request_from_fields(
+    mut map: Fields,
 ) -> Result<RpcRequest, (CodecError, Option<CallInfo>)> {
     // `_msg_id` decides call or cast; a stray `_reply_q`/`_timeout` on a cast is ignored.
-    let call = if map.contains_key("_msg_id") {
+    let call = if map.contains("_msg_id") {
         let msg_id = take_string(&mut map, "_msg_id").map_err(|e| (e, None))?;
         let reply_q = take_string(&mut map, "_reply_q").map_err(|e| (e, None))?;
         limits::check_name("_msg_id", &msg_id, limits::MAX_ID_LEN).map_err(|e| (e, None))?;
@@ -385,10 +408,7 @@ pub(crate) fn request_from_map(
 }
 
 /// The rest of a request, once its call (if any) is known.
-fn request_fields(
-    mut map: Map<String, Value>,
-    mut call: Option<CallInfo>,
-) -> Result<RpcRequest, CodecError> {
+fn request_fields(mut map: Fields, mut call: Option<CallInfo>) -> Result<RpcRequest, CodecError> {
     if let Some(call) = call.as_mut() {
         call.timeout = match map.remove("_timeout") {
             None | Some(Value::Null) => None,
@@ -485,7 +505,7 @@ fn failure_from_value(value: Option<Value>) -> Result<Option<RemoteError>, Codec
 
 /// Decodes the inner message of a reply. A missing `result` is `null`, a missing `failure` is
 /// none, a missing `ending` is `false` (as oslo.messaging reads them).
-pub(crate) fn reply_from_map(mut map: Map<String, Value>) -> Result<RpcReply, CodecError> {
+pub(crate) fn reply_from_fields(mut map: Fields) -> Result<RpcReply, CodecError> {
     let result = map.remove("result").unwrap_or(Value::Null);
     let failure = failure_from_value(map.remove("failure"))?;
     let ending = match map.remove("ending") {
@@ -509,9 +529,7 @@ pub(crate) fn reply_from_map(mut map: Map<String, Value>) -> Result<RpcReply, Co
 
 /// Decodes a notification. A missing `payload` is `null`; a missing or `null` `publisher_id` (a
 /// Python notifier built without one) is the empty string.
-pub(crate) fn notification_from_map(
-    mut map: Map<String, Value>,
-) -> Result<Notification, CodecError> {
+pub(crate) fn notification_from_fields(mut map: Fields) -> Result<Notification, CodecError> {
     let message_id = take_string(&mut map, "message_id")?;
     let publisher_id = take_opt_string(&mut map, "publisher_id")?.unwrap_or_default();
     let event_type = take_string(&mut map, "event_type")?;

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::error::RpcError;
 use super::reply::ReplyRouter;
-use crate::codec::{CallInfo, RequestParts};
+use crate::codec::{json_arguments, Arguments, CallInfo, Codec, RequestParts};
 use crate::metrics;
 use crate::trace::TraceParent;
 use crate::transport::{topology, Destination, OutgoingMessage, Transport, TransportError};
@@ -358,7 +358,21 @@ impl RpcClient {
                 return Err(RpcError::VersionCapped { version, cap });
             }
         }
-        let args = keyword_arguments(method, args)?;
+        let codec = self.transport.codec();
+        // oslo JSON takes the arguments as serde_json writes them; otherwise they are built as
+        // an object first.
+        let json_args = match codec {
+            Codec::OsloJson => json_arguments(&args),
+            Codec::MessagePack => None,
+        };
+        let object_args = match json_args {
+            Some(_) => Map::new(),
+            None => keyword_arguments(method, &args)?,
+        };
+        let args = match &json_args {
+            Some(raw) => Arguments::Json(raw),
+            None => Arguments::Object(&object_args),
+        };
         let is_call = call.is_some();
         let version = self.target.version.map(|v| v.to_string());
         let unique_id = topology::new_id();
@@ -366,7 +380,7 @@ impl RpcClient {
         // Encoded from borrowed parts: the context and target are not copied per request.
         let request = RequestParts {
             method,
-            args: &args,
+            args,
             namespace: self.target.namespace.as_deref(),
             version: version.as_deref(),
             call: call.as_ref(),
@@ -374,7 +388,6 @@ impl RpcClient {
             context,
             traceparent: Some(&traceparent),
         };
-        let codec = self.transport.codec();
         let body = codec.encode_request_parts(request)?;
         let mut message = OutgoingMessage::new(Bytes::from(body), codec.content_type());
         message.mandatory = self.mandatory;
