@@ -331,3 +331,96 @@ async fn tls_settings_that_cannot_load_are_named_at_start() {
         }
     }
 }
+
+/// A TCP relay to the machine's RabbitMQ that can hold back what the broker sends, as a broker
+/// that keeps a publish's confirm pending would. Returns the relay's port and its switch.
+async fn withholding_relay() -> (u16, tokio::sync::watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = rabbit_host()
+        .rsplit('@')
+        .next()
+        .expect("host:port")
+        .to_owned();
+    let (hold, held) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(&broker).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut broker_read, mut broker_write) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut broker_write).await;
+            });
+            let mut held = held.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = broker_read.read(&mut buffer).await {
+                    // Whatever came while held waits here, in order, until released.
+                    if n == 0 || held.wait_for(|hold| !*hold).await.is_err() {
+                        break;
+                    }
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, hold)
+}
+
+/// A broker that never confirms a publish: the publish fails once `publish_recovery_timeout`
+/// has passed, with an error that says so, for a plain publish (the shared channel) and a
+/// mandatory one (the channel mandatory requests take in turn), instead of waiting for ever and
+/// holding up every mandatory request behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_that_never_comes_fails_the_publish_after_its_patience() {
+    let bus = Bus::amqp();
+    let vhost = bus.vhost().expect("an AMQP bus").to_owned();
+    let (port, hold) = withholding_relay().await;
+    let credentials = rabbit_host()
+        .split('@')
+        .next()
+        .expect("user:password")
+        .to_owned();
+    let url = format!("amqp://{credentials}@127.0.0.1:{port}/{vhost}?publish_recovery_timeout=2");
+    let transport = Transport::connect(&url).await.unwrap();
+    for mandatory in [false, true] {
+        let client = RpcClient::new(&transport, Target::topic(TOPIC)).mandatory(mandatory);
+        // With a server's queue in place (a mandatory cast needs one), and the route declared.
+        let server = RpcServer::builder(&transport, Target::topic(TOPIC))
+            .endpoint(test_endpoint("s1", Default::default()))
+            .start()
+            .await
+            .unwrap();
+        let note = json!({"text": "hi"});
+        client.cast(&Context::new(), "note", &note).await.unwrap();
+        hold.send_replace(true);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.cast(&Context::new(), "note", &note),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("mandatory={mandatory}: the publish still waits after 30 s"));
+        let took = started.elapsed();
+        match outcome {
+            Err(tidings::rpc::RpcError::Transport(TransportError::Rejected { reason, .. })) => {
+                assert!(reason.contains("no publisher confirm"), "{reason}");
+            }
+            other => panic!("mandatory={mandatory}: expected an overdue confirm, got {other:?}"),
+        }
+        assert!(
+            took >= Duration::from_secs(2),
+            "mandatory={mandatory}: gave up after {took:?}"
+        );
+        hold.send_replace(false);
+        // Released, the next publish goes through (on a fresh channel).
+        client.cast(&Context::new(), "note", &note).await.unwrap();
+        server.stop(Duration::from_secs(5)).await;
+    }
+    transport.close().await;
+}

@@ -67,6 +67,9 @@ pub struct AmqpDriver {
 /// publishes needs to fill the link.
 pub const MAX_UNCONFIRMED_PUBLISHES: usize = 1024;
 
+/// How long closing a channel whose confirm never came may take before it is left behind.
+const CONFIRMLESS_CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The live counters behind [`TransportStats`], shared by the links and consumers.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -210,7 +213,28 @@ impl AmqpDriver {
             )
             .await
             .map_err(lost)?;
-        let confirmation = confirm.await.map_err(lost)?;
+        // A confirm the broker never sends (a queue deleted while the message was on its way
+        // has been seen to leave one pending) must not hold this publish, nor the mandatory
+        // channel every later mandatory request waits for, for ever.
+        let patience = self.options.publish_recovery_timeout;
+        let Ok(confirmation) = tokio::time::timeout(patience, confirm).await else {
+            match exclusive {
+                // Closed, so that the next mandatory request opens a channel of its own.
+                Some(exclusive) => {
+                    let closing = exclusive.close(200, "publisher confirm overdue".into());
+                    let _ = tokio::time::timeout(CONFIRMLESS_CLOSE_PATIENCE, closing).await;
+                }
+                None => session.discard_publisher(&channel),
+            }
+            return Err(Attempt::Fail(TransportError::Rejected {
+                destination: destination.to_string(),
+                reason: format!(
+                    "no publisher confirm within {patience:?}: the broker may or may not have \
+                     the message"
+                ),
+            }));
+        };
+        let confirmation = confirmation.map_err(lost)?;
         if confirmation.is_nack() {
             // A channel that was publishing to a quorum queue when its leader died can go on
             // being refused long after a new leader is elected (RabbitMQ 3.10 keeps the
