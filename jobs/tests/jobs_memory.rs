@@ -245,7 +245,9 @@ async fn another_process_follows_progress_through_the_store() {
 async fn a_job_followed_elsewhere_cannot_be_followed_twice() {
     let bus = Bus::memory();
     let store_file = StoreFile::new();
-    let server = JobsServer::start(bus.url(), "m-1", Work::Succeeds(secs(1.0))).await;
+    // Long enough work that the job cannot end (and its lease go) before the second client
+    // asks, however busy the machine.
+    let server = JobsServer::start(bus.url(), "m-1", Work::Succeeds(secs(5.0))).await;
     let transport = bus.transport().await;
     let first = JobClient::new(&transport, JobStore::open(&store_file.0).await.unwrap());
     let second = JobClient::new(&transport, JobStore::open(&store_file.0).await.unwrap());
@@ -258,7 +260,7 @@ async fn a_job_followed_elsewhere_cannot_be_followed_twice() {
         second.follow(&id).await,
         Err(JobError::Followed(_))
     ));
-    let job = second.wait(&id, Some(secs(10.0))).await.unwrap();
+    let job = second.wait(&id, Some(secs(60.0))).await.unwrap();
     assert!(job.succeeded());
     server.kill().await;
 }
