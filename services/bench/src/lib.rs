@@ -133,6 +133,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// Calls held in flight in the memory section (0: skip the section).
     pub inflight: usize,
+    /// How long the memory section follows the resident set after each burst.
+    pub settle: Duration,
     /// Only scenarios whose full name (`call-1/json`) starts with one of these; all when empty.
     pub only: Vec<String>,
     /// `tidings` or `baseline` to run one side only (for profiling); both when `None`.
@@ -152,6 +154,10 @@ pub struct BenchConfig {
     /// Idle clients `scale/reply-queues` grows to (100, 1000, … up to this).
     pub scale_clients: usize,
 }
+
+/// How long the memory section follows the resident set after each burst by default: well past
+/// the allocator's one-second decay, so what it shows is what the process keeps.
+pub const MEMORY_SETTLE: Duration = Duration::from_secs(10);
 
 /// Samples `store-scale` loads by default: a third of a month of a thousand-instance cloud.
 pub const DEFAULT_SAMPLES: u64 = 10_000_000;
@@ -201,6 +207,15 @@ pub struct MemoryReport {
     pub idle_split: RssSplit,
     /// The same after the round's calls returned, per round.
     pub after_split: Vec<RssSplit>,
+    /// How long VmRSS is followed after a round's calls returned, in seconds.
+    pub settled_s: f64,
+    /// VmRSS `settled_s` after the round's calls returned, per round: what the process keeps
+    /// once the allocator has handed back what it will.
+    pub settled_kib: Vec<u64>,
+    /// Per round, how long after its calls returned VmRSS was first back within 25 % of the
+    /// idle agent's, in milliseconds (sampled every 100 ms); `None` when it was not within
+    /// `settled_s`.
+    pub back_within_ms: Vec<Option<u64>>,
 }
 
 /// A resident set in its two parts, in KiB: anonymous memory (heap, stacks, the C libraries'
@@ -392,6 +407,18 @@ impl Report {
                     format!("after they returned (round {})", round + 1),
                     mib(*after)
                 );
+                if let Some(settled) = memory.settled_kib.get(round) {
+                    let back = match memory.back_within_ms.get(round).copied().flatten() {
+                        Some(ms) => format!("within 25 % of idle {:.2} s after", ms as f64 / 1e3),
+                        None => "not back within 25 % of idle".to_owned(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{:<34} {:>8.1} MiB   {back}",
+                        format!("{} s after (round {})", memory.settled_s, round + 1),
+                        mib(*settled)
+                    );
+                }
             }
             let _ = writeln!(
                 out,
@@ -863,7 +890,7 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
     };
     if memory {
         progress.step(&format!("memory: {} calls in flight", config.inflight));
-        report.memory = Some(scenarios::memory(env, config.inflight).await?);
+        report.memory = Some(scenarios::memory(env, config.inflight, config.settle).await?);
     }
     for (scenario, wire) in selected {
         let name = format!("{}/{}", scenario.name(), wire.name());

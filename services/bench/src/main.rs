@@ -106,6 +106,7 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         duration: Duration::from_secs_f64(args.duration.max(0.01)),
         rounds: args.rounds.max(1),
         inflight: args.inflight,
+        settle: bench::MEMORY_SETTLE,
         only: args.only,
         side: args.side,
         samples: args.samples.max(1),
@@ -120,6 +121,7 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         config.duration = Duration::from_millis(200);
         config.rounds = 1;
         config.inflight = config.inflight.min(1_000);
+        config.settle = Duration::from_secs(1);
     }
     let report = match bench::run(&config).await {
         Ok(report) => report,

@@ -29,6 +29,9 @@ pub(crate) const MEMORY_ROUNDS: usize = 3;
 /// How long the memory section waits after a round's calls returned before measuring.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// How often VmRSS is read while it settles.
+const SETTLE_SAMPLE: Duration = Duration::from_millis(100);
+
 /// How long servers and listeners get to drain when a run ends.
 pub(crate) const STOP: Duration = Duration::from_secs(5);
 
@@ -358,9 +361,10 @@ async fn meter_notify(env: &Env, wire: Wire, grouped: bool) -> Result<f64> {
 
 /// The memory section: RSS of an idle agent (a transport serving RPC and one holding a reply
 /// queue, in this process), then [`MEMORY_ROUNDS`] times: RSS with `inflight` calls waiting in a
-/// handler at once, and after they all returned. Bounded means the later rounds level off
-/// (the allocator keeps freed memory for reuse, so RSS does not fall back to idle).
-pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
+/// handler at once, and after they all returned: at [`SETTLE`], and followed for `settled` in
+/// all (the allocator hands freed pages back over its decay time, not at once). Bounded means
+/// the later rounds level off.
+pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Result<MemoryReport> {
     let wire = Wire::Json;
     let server_transport = transport(env, wire).await?;
     let client_transport = transport(env, wire).await?;
@@ -392,6 +396,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
     let _: Value = client.call(&context, "echo", &args).await?;
     let mut report = MemoryReport {
         inflight,
+        settled_s: settled.max(SETTLE).as_secs_f64(),
         idle_kib: harness::rss_kib(),
         idle_heap: harness::heap_kib(),
         idle_split: harness::rss_split(),
@@ -417,11 +422,30 @@ pub(crate) async fn memory(env: &Env, inflight: usize) -> Result<MemoryReport> {
         };
         let ((), rss) = tokio::try_join!(finish, peak)?;
         report.inflight_kib.push(rss);
-        // Measured once the server's side has settled too (its last replies confirmed).
-        tokio::time::sleep(SETTLE).await;
-        report.after_kib.push(harness::rss_kib());
-        report.after_heap.push(harness::heap_kib());
-        report.after_split.push(harness::rss_split());
+        let returned = tokio::time::Instant::now();
+        let goal = report.idle_kib + report.idle_kib / 4;
+        let mut back_within = None;
+        let mut sampled = false;
+        loop {
+            let since = returned.elapsed();
+            if back_within.is_none() && harness::rss_kib() <= goal {
+                back_within = Some(since.as_millis() as u64);
+            }
+            // The first figure once the server's side has settled too (its last replies
+            // confirmed).
+            if !sampled && since >= SETTLE {
+                sampled = true;
+                report.after_kib.push(harness::rss_kib());
+                report.after_heap.push(harness::heap_kib());
+                report.after_split.push(harness::rss_split());
+            }
+            if since >= settled.max(SETTLE) {
+                break;
+            }
+            tokio::time::sleep(SETTLE_SAMPLE).await;
+        }
+        report.settled_kib.push(harness::rss_kib());
+        report.back_within_ms.push(back_within);
     }
     report.peak_kib = harness::peak_rss_kib();
     server.stop(STOP).await;

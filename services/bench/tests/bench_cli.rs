@@ -142,6 +142,15 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         .chain([&memory["idle_split"]])
         .all(|split| split["anon_kib"].as_u64().unwrap() > 0
             && split["file_kib"].as_u64().unwrap() > 0));
+    // Followed after each burst: where it ended, and when (if) it was back near idle.
+    assert_eq!(memory["settled_s"].as_f64(), Some(1.0), "{memory}");
+    let settled = memory["settled_kib"].as_array().unwrap();
+    assert_eq!(settled.len(), rounds, "{memory}");
+    assert!(settled.iter().all(|kib| kib.as_u64().unwrap() > 0));
+    let back = memory["back_within_ms"].as_array().unwrap();
+    assert_eq!(back.len(), rounds, "{memory}");
+    assert!(back.iter().all(|ms| ms.is_null() || ms.is_u64()));
+    assert!(stdout.contains("1 s after (round 1)"), "{stdout}");
 
     // The tail section: three loads, both sides, percentiles in order.
     assert!(stdout.contains("tail (call/json, open loop"), "{stdout}");
