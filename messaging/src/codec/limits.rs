@@ -40,13 +40,9 @@ pub fn item_budget(len: usize) -> usize {
 /// is the first value, so counting those bounds the values from above.
 pub(crate) fn check_json_items(text: &[u8], budget: usize) -> Result<(), CodecError> {
     // Counting those bytes everywhere, strings included, bounds the count from above, and
-    // that count is one branch-free pass the compiler vectorises: the string-aware scan
-    // below runs only for text that might be over its budget.
-    let anywhere = text
-        .iter()
-        .map(|&b| usize::from(matches!(b, b'[' | b'{' | b',' | b':')))
-        .sum::<usize>();
-    if anywhere < budget {
+    // that count is one branch-free pass: the string-aware scan below runs only for text that
+    // might be over its budget.
+    if item_bytes_anywhere(text) < budget {
         return Ok(());
     }
     let mut items: usize = 1;
@@ -75,6 +71,21 @@ pub(crate) fn check_json_items(text: &[u8], budget: usize) -> Result<(), CodecEr
         }
     }
     Ok(())
+}
+
+/// How many bytes of `text` are `[`, `{`, `,` or `:`, strings included. Counted a chunk at a
+/// time in a byte-wide total, which the compiler turns into vector compares (16 bytes a step
+/// and more); a word-wide total stays a byte at a time, about 1 ms per MiB here, and this
+/// count runs twice on every oslo JSON message received.
+fn item_bytes_anywhere(text: &[u8]) -> usize {
+    text.chunks(usize::from(u8::MAX))
+        .map(|chunk| {
+            let in_chunk = chunk.iter().fold(0u8, |count, &b| {
+                count.wrapping_add(u8::from(matches!(b, b'[' | b'{' | b',' | b':')))
+            });
+            usize::from(in_chunk)
+        })
+        .sum()
 }
 
 /// The error of a body that would decode into more values than its budget.
@@ -129,6 +140,20 @@ mod tests {
         // Within budget counting strings too (the quick pass), and just over it.
         assert!(check_json_items(br#"[0,0]"#, 4).is_ok());
         assert!(check_json_items(br#"[0,0]"#, 2).is_err());
+    }
+
+    #[test]
+    fn item_bytes_are_counted_across_chunks_of_any_length() {
+        for len in [0, 1, 254, 255, 256, 510, 511, 4096, 70_000] {
+            let text: Vec<u8> = (0..len).map(|i| b"x[y{,:\"z"[i % 8]).collect();
+            let expected = text
+                .iter()
+                .filter(|&&b| matches!(b, b'[' | b'{' | b',' | b':'))
+                .count();
+            assert_eq!(item_bytes_anywhere(&text), expected, "{len} bytes");
+        }
+        // A chunk made only of counted bytes must not wrap its byte-wide total.
+        assert_eq!(item_bytes_anywhere(&[b','; 1000]), 1000);
     }
 
     #[test]

@@ -282,6 +282,26 @@ proptest! {
     }
 
     #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them(
+        text in any::<String>(),
+        fill in prop::sample::select(vec!['x', '"', '\\', '\n', '\u{1}', '\u{1f}', 'é', '\u{7f}']),
+        run in 0usize..70,
+    ) {
+        // Runs long enough to span whole chunks, in every alignment.
+        let text = format!("{text}{}{text}", fill.to_string().repeat(run));
+        let mut ours = Vec::new();
+        oslo_json::write_json_string(&mut ours, &text);
+        prop_assert_eq!(ours, serde_json::to_vec(&text).unwrap());
+    }
+
+    #[test]
+    fn the_envelope_is_written_as_serde_json_writes_it(value in arb_json()) {
+        let inner = serde_json::to_string(&value).unwrap();
+        let expected = serde_json::to_vec(&wire::EnvelopeView(inner.as_str())).unwrap();
+        prop_assert_eq!(oslo_json::encode_enveloped(&value).unwrap(), expected);
+    }
+
+    #[test]
     fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
         decode_all(&body);
     }
