@@ -365,6 +365,7 @@ async fn meter_notify(env: &Env, wire: Wire, grouped: bool) -> Result<f64> {
 /// all (the allocator hands freed pages back over its decay time, not at once). Bounded means
 /// the later rounds level off.
 pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Result<MemoryReport> {
+    let settled = settled.max(SETTLE);
     let wire = Wire::Json;
     let server_transport = transport(env, wire).await?;
     let client_transport = transport(env, wire).await?;
@@ -396,7 +397,7 @@ pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Res
     let _: Value = client.call(&context, "echo", &args).await?;
     let mut report = MemoryReport {
         inflight,
-        settled_s: settled.max(SETTLE).as_secs_f64(),
+        settled_s: settled.as_secs_f64(),
         idle_kib: harness::rss_kib(),
         idle_heap: harness::heap_kib(),
         idle_split: harness::rss_split(),
@@ -422,34 +423,58 @@ pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Res
         };
         let ((), rss) = tokio::try_join!(finish, peak)?;
         report.inflight_kib.push(rss);
-        let returned = tokio::time::Instant::now();
         let goal = report.idle_kib + report.idle_kib / 4;
-        let mut back_within = None;
-        let mut sampled = false;
-        loop {
-            let since = returned.elapsed();
-            if back_within.is_none() && harness::rss_kib() <= goal {
-                back_within = Some(since.as_millis() as u64);
-            }
-            // The first figure once the server's side has settled too (its last replies
-            // confirmed).
-            if !sampled && since >= SETTLE {
-                sampled = true;
-                report.after_kib.push(harness::rss_kib());
-                report.after_heap.push(harness::heap_kib());
-                report.after_split.push(harness::rss_split());
-            }
-            if since >= settled.max(SETTLE) {
-                break;
-            }
-            tokio::time::sleep(SETTLE_SAMPLE).await;
-        }
+        let mut watch = RssWatch::new(tokio::time::Instant::now(), goal);
+        // The first figure once the server's side has settled too (its last replies confirmed).
+        watch.follow_until(SETTLE).await;
+        report.after_kib.push(harness::rss_kib());
+        report.after_heap.push(harness::heap_kib());
+        report.after_split.push(harness::rss_split());
+        watch.follow_until(settled).await;
         report.settled_kib.push(harness::rss_kib());
-        report.back_within_ms.push(back_within);
+        report.back_within_ms.push(watch.back_within_ms);
     }
     report.peak_kib = harness::peak_rss_kib();
     server.stop(STOP).await;
     client_transport.close().await;
     server_transport.close().await;
     Ok(report)
+}
+
+/// VmRSS read every [`SETTLE_SAMPLE`] after a burst: the resident set has no event to wait
+/// for, so it is sampled.
+struct RssWatch {
+    since: tokio::time::Instant,
+    ticks: tokio::time::Interval,
+    /// At most this is back near idle.
+    goal_kib: u64,
+    /// How long after `since` VmRSS was first at most `goal_kib`, if it was.
+    back_within_ms: Option<u64>,
+}
+
+impl RssWatch {
+    fn new(since: tokio::time::Instant, goal_kib: u64) -> Self {
+        let mut ticks = tokio::time::interval(SETTLE_SAMPLE);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            since,
+            ticks,
+            goal_kib,
+            back_within_ms: None,
+        }
+    }
+
+    /// Samples until `until` has passed since the burst.
+    async fn follow_until(&mut self, until: Duration) {
+        loop {
+            let elapsed = self.since.elapsed();
+            if self.back_within_ms.is_none() && harness::rss_kib() <= self.goal_kib {
+                self.back_within_ms = Some(elapsed.as_millis() as u64);
+            }
+            if elapsed >= until {
+                return;
+            }
+            self.ticks.tick().await;
+        }
+    }
 }
