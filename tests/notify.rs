@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tidings::codec::NotificationFormat;
+use tidings::codec::{CodecError, NotificationFormat};
 use tidings::notify::{
-    Filter, IncomingNotification, NotificationEndpoint, NotificationListener, Notifier, Outcome,
-    Priority,
+    Filter, IncomingNotification, NotificationEndpoint, NotificationListener, Notifier,
+    NotifyError, Outcome, Priority,
 };
 use tidings::transport::{Destination, OutgoingMessage, Subscription};
 use tidings::{Context, Target, Transport};
@@ -98,6 +98,39 @@ pub async fn v1_bare_bodies_are_received_too(bus: Bus) {
         .unwrap();
     assert!(eventually(WAIT, || count(&seen) == 1).await);
     assert_eq!(seen.lock().unwrap()[0].payload, json!([1, 2]));
+    listener.stop(WAIT).await;
+}
+
+/// A payload goes out as the caller's serializer writes it only when a peer cannot misread it:
+/// a typed value (`__type__`/`__value__`, which kombu would decode) is refused before anything
+/// is sent, a payload that does not serialise is a payload error, and a mere `"__type__"` string
+/// goes through.
+pub async fn payloads_are_checked_before_they_are_sent(bus: Bus) {
+    let transport = bus.transport().await;
+    let (endpoint, seen) = recorder(&[Priority::Info]);
+    let listener = listen(&transport, endpoint).await;
+    let notifier = Notifier::new(&transport, "checker");
+    let context = Context::new();
+    let typed = json!({"at": [{"__type__": "datetime", "__value__": "2026-01-01"}]});
+    match notifier.info(&context, "typed", typed).await {
+        Err(NotifyError::Codec(CodecError::ForbiddenTypedValue { field })) => {
+            assert_eq!(field, "payload")
+        }
+        other => panic!("a typed value in the payload was not refused: {other:?}"),
+    }
+    let unwritable = std::collections::BTreeMap::from([((1, 2), 3)]);
+    match notifier.info(&context, "unwritable", unwritable).await {
+        Err(NotifyError::Payload { event_type, .. }) => assert_eq!(event_type, "unwritable"),
+        other => panic!("a payload without string keys was not refused: {other:?}"),
+    }
+    notifier
+        .info(&context, "plain", json!({"x": "__type__"}))
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || count(&seen) == 1).await);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].event_type, "plain");
+    assert_eq!(seen[0].payload, json!({"x": "__type__"}));
     listener.stop(WAIT).await;
 }
 
@@ -237,6 +270,20 @@ pub async fn batches_fill_to_size_or_flush_on_timeout(bus: Bus) {
     let sizes = batches.lock().unwrap().clone();
     assert!(sizes.iter().all(|s| *s <= 4), "{sizes:?}");
     assert!(sizes.contains(&4), "full batches were formed: {sizes:?}");
+    // Later partial batches flush on their own timeout too, one after the other.
+    for (i, total) in [(10, 11), (11, 12)] {
+        notifier
+            .info(&Context::new(), "late", json!({ "i": i }))
+            .await
+            .unwrap();
+        assert!(
+            eventually(WAIT, || batches.lock().unwrap().iter().sum::<usize>()
+                == total)
+            .await,
+            "a partial batch did not flush: {:?}",
+            batches.lock().unwrap()
+        );
+    }
     listener.stop(WAIT).await;
 }
 
@@ -427,6 +474,7 @@ macro_rules! notify_suite {
         suite!($bus;
             notifications_arrive_with_every_field,
             v1_bare_bodies_are_received_too,
+            payloads_are_checked_before_they_are_sent,
             messages_sent_before_a_listener_exists_are_kept,
             each_pool_gets_a_copy_and_pool_members_compete,
             filters_choose_what_an_endpoint_sees,

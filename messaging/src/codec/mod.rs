@@ -31,7 +31,9 @@ mod tests;
 
 pub use error::CodecError;
 pub use message::{CallInfo, Notification, RpcReply, RpcRequest};
-pub(crate) use wire::{json_arguments, Arguments, RequestParts};
+pub(crate) use wire::{
+    json_arguments, json_payload, Arguments, NotificationParts, Payload, RequestParts,
+};
 
 /// The content type of oslo JSON bodies.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -158,7 +160,29 @@ impl Codec {
         n: &Notification,
         format: NotificationFormat,
     ) -> Result<Vec<u8>, CodecError> {
-        wire::check_notification(n)?;
+        self.encode_notification_parts(wire::NotificationParts::from(n), format)
+    }
+
+    /// Encodes a notification given by borrowed parts (what the notifier sends from).
+    pub(crate) fn encode_notification_parts(
+        &self,
+        n: wire::NotificationParts<'_>,
+        format: NotificationFormat,
+    ) -> Result<Vec<u8>, CodecError> {
+        wire::check_notification(&n)?;
+        // MessagePack has no use for JSON text: read it back into a value.
+        let tree: serde_json::Value;
+        let n = match (self, n.payload) {
+            (Codec::MessagePack, wire::Payload::Json(raw)) => {
+                tree = serde_json::from_str(raw.get())
+                    .map_err(|e| CodecError::Encode(e.to_string()))?;
+                wire::NotificationParts {
+                    payload: wire::Payload::Value(&tree),
+                    ..n
+                }
+            }
+            _ => n,
+        };
         let view = wire::NotificationView(n);
         match (self, format) {
             (Codec::OsloJson, NotificationFormat::V2) => oslo_json::encode_enveloped(&view),

@@ -247,6 +247,30 @@ proptest! {
     }
 
     #[test]
+    fn payloads_as_json_text_encode_as_the_value_does(n in arb_notification()) {
+        // The notifier's shortcut, as for a request's arguments.
+        match json_payload(&n.payload) {
+            Some(raw) => {
+                prop_assert!(!has_typed_value(&n.payload));
+                let parts = NotificationParts { payload: Payload::Json(&raw), ..NotificationParts::from(&n) };
+                for codec in CODECS {
+                    for format in [NotificationFormat::V1, NotificationFormat::V2] {
+                        prop_assert_eq!(
+                            codec.encode_notification_parts(parts, format),
+                            codec.encode_notification(&n, format),
+                            "{:?} {:?}", codec, format
+                        );
+                    }
+                }
+            }
+            None => prop_assert!(
+                has_typed_value(&n.payload)
+                    || serde_json::to_string(&n.payload).unwrap().contains("\"__type__\"")
+            ),
+        }
+    }
+
+    #[test]
     fn reply_round_trip(reply in arb_reply()) {
         let forbidden = has_typed_value(&reply.result)
             || reply.failure.as_ref().is_some_and(|f| {

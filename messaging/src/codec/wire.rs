@@ -139,9 +139,11 @@ pub(crate) fn check_reply(reply: &RpcReply) -> Result<(), CodecError> {
 }
 
 /// Refuses a notification that would carry a typed value.
-pub(crate) fn check_notification(n: &Notification) -> Result<(), CodecError> {
-    check_value(&n.payload, "payload")?;
-    check_context(&n.context)
+pub(crate) fn check_notification(n: &NotificationParts<'_>) -> Result<(), CodecError> {
+    if let Payload::Value(payload) = n.payload {
+        check_value(payload, "payload")?;
+    }
+    check_context(n.context)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,10 +205,19 @@ impl Serialize for Arguments<'_> {
 /// refused) value by value. Writing once and searching the text costs a fraction of building
 /// the tree.
 pub(crate) fn json_arguments(args: &impl Serialize) -> Option<Box<RawValue>> {
-    let raw = serde_json::value::to_raw_value(args).ok()?;
-    let text = raw.get();
-    let plain = text.starts_with('{') && !text.contains("\"__type__\"");
-    plain.then_some(raw)
+    json_untyped(args).filter(|raw| raw.get().starts_with('{'))
+}
+
+/// A notification's `payload` written as JSON, when that text can go into the notification as
+/// it is: any value without a `"__type__"` key (see [`json_arguments`]).
+pub(crate) fn json_payload(payload: &impl Serialize) -> Option<Box<RawValue>> {
+    json_untyped(payload)
+}
+
+/// `value` written by serde_json, unless the text may hold a typed value.
+fn json_untyped(value: &impl Serialize) -> Option<Box<RawValue>> {
+    let raw = serde_json::value::to_raw_value(value).ok()?;
+    (!raw.get().contains("\"__type__\"")).then_some(raw)
 }
 
 /// A request to encode, borrowed field by field, so that a client can encode one from its
@@ -310,24 +321,72 @@ impl Serialize for ReplyView<'_> {
     }
 }
 
+/// A notification's payload, as the encoder takes it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Payload<'a> {
+    /// A value, checked for typed values when it is encoded.
+    Value(&'a Value),
+    /// A value serde_json has already written, holding no typed value (see [`json_payload`]).
+    Json(&'a RawValue),
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Value(value) => value.serialize(serializer),
+            Payload::Json(raw) => raw.serialize(serializer),
+        }
+    }
+}
+
+/// A notification to encode, borrowed field by field, so that a notifier can encode one from
+/// its own fields and the caller's context and payload without copying them into a
+/// [`Notification`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NotificationParts<'a> {
+    pub(crate) message_id: &'a str,
+    pub(crate) publisher_id: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) priority: &'a str,
+    pub(crate) payload: Payload<'a>,
+    pub(crate) timestamp: &'a str,
+    pub(crate) unique_id: Option<&'a str>,
+    pub(crate) context: &'a Context,
+}
+
+impl<'a> From<&'a Notification> for NotificationParts<'a> {
+    fn from(n: &'a Notification) -> Self {
+        Self {
+            message_id: &n.message_id,
+            publisher_id: &n.publisher_id,
+            event_type: &n.event_type,
+            priority: &n.priority,
+            payload: Payload::Value(&n.payload),
+            timestamp: &n.timestamp,
+            unique_id: n.unique_id.as_deref(),
+            context: &n.context,
+        }
+    }
+}
+
 /// The inner message of a notification (or the whole body, in the v1 format).
-pub(crate) struct NotificationView<'a>(pub(crate) &'a Notification);
+pub(crate) struct NotificationView<'a>(pub(crate) NotificationParts<'a>);
 
 impl Serialize for NotificationView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let n = self.0;
+        let n = &self.0;
         let len = 6 + usize::from(n.unique_id.is_some()) + n.context.len();
         let mut map = serializer.serialize_map(Some(len))?;
-        map.serialize_entry("message_id", &n.message_id)?;
-        map.serialize_entry("publisher_id", &n.publisher_id)?;
-        map.serialize_entry("event_type", &n.event_type)?;
-        map.serialize_entry("priority", &n.priority)?;
+        map.serialize_entry("message_id", n.message_id)?;
+        map.serialize_entry("publisher_id", n.publisher_id)?;
+        map.serialize_entry("event_type", n.event_type)?;
+        map.serialize_entry("priority", n.priority)?;
         map.serialize_entry("payload", &n.payload)?;
-        map.serialize_entry("timestamp", &n.timestamp)?;
-        if let Some(unique_id) = &n.unique_id {
+        map.serialize_entry("timestamp", n.timestamp)?;
+        if let Some(unique_id) = n.unique_id {
             map.serialize_entry("_unique_id", unique_id)?;
         }
-        serialize_context(&mut map, &n.context)?;
+        serialize_context(&mut map, n.context)?;
         map.end()
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, SelectAll, StreamExt};
+use futures::FutureExt;
 use tracing::Instrument;
 
 use super::endpoint::{NotificationEndpoint, Outcome};
@@ -384,13 +385,15 @@ impl ListenLoop {
         let (size, timeout) = batch.unwrap_or((1, Duration::ZERO));
         // A batch is counted in deliveries; the few that do not decode leave it a little short.
         let mut pending: Vec<Delivery> = Vec::with_capacity(size);
-        let mut flush_at: Option<tokio::time::Instant> = None;
+        // One timer for every batch, set when a batch starts: a timer made afresh for each
+        // delivery was registered and removed again every time.
+        let batch_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(batch_due);
+        let mut gathering = false;
         loop {
-            let wake =
-                flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             let next = serving.unless_stopping(async {
                 tokio::select! {
-                    () = tokio::time::sleep_until(wake), if flush_at.is_some() => None,
+                    () = &mut batch_due, if gathering => None,
                     next = deliveries.next() => Some(next),
                 }
             });
@@ -399,7 +402,7 @@ impl ListenLoop {
                 None => break,
                 // The batch's time is up.
                 Some(None) => {
-                    flush_at = None;
+                    gathering = false;
                     self.start(&mut serving, std::mem::take(&mut pending)).await;
                 }
                 // Every inbox ended.
@@ -412,11 +415,21 @@ impl ListenLoop {
                 // A delivery, for the batch being gathered.
                 Some(Some(Some(delivery))) => {
                     pending.push(delivery);
+                    // What else has arrived joins the batch without another round of waiting.
+                    while pending.len() < size {
+                        match deliveries.next().now_or_never() {
+                            Some(Some(delivery)) => pending.push(delivery),
+                            _ => break,
+                        }
+                    }
                     if pending.len() >= size {
-                        flush_at = None;
+                        gathering = false;
                         self.start(&mut serving, std::mem::take(&mut pending)).await;
-                    } else if flush_at.is_none() {
-                        flush_at = Some(tokio::time::Instant::now() + timeout);
+                    } else if !gathering {
+                        gathering = true;
+                        batch_due
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + timeout);
                     }
                 }
             }

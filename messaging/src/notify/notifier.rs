@@ -7,7 +7,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::{NotifyError, Priority};
-use crate::codec::{Notification, NotificationFormat};
+use crate::codec::{json_payload, Codec, NotificationFormat, NotificationParts, Payload};
 use crate::transport::{topology, Destination, OutgoingMessage, Transport};
 use crate::Context;
 
@@ -96,22 +96,41 @@ impl Notifier {
     ) -> Result<(), NotifyError> {
         let span = tracing::info_span!("notify.send", event_type, %priority, publisher_id = %self.publisher_id);
         async {
-            let payload = serde_json::to_value(payload).map_err(|error| NotifyError::Payload {
-                event_type: event_type.to_owned(),
-                detail: error.to_string(),
-            })?;
-            let notification = Notification {
-                message_id: topology::new_uuid().to_string(),
-                publisher_id: self.publisher_id.clone(),
-                event_type: event_type.to_owned(),
-                priority: priority.as_wire().to_owned(),
-                payload,
-                timestamp: oslo_timestamp(chrono::Utc::now().naive_utc()),
-                unique_id: Some(topology::new_id()),
-                context: context.clone(),
-            };
             let codec = self.transport.codec();
-            let body = Bytes::from(codec.encode_notification(&notification, self.format)?);
+            // oslo JSON takes the payload as serde_json writes it; otherwise it is built as a
+            // value first (and so is a payload whose text may hold a typed value, to be checked).
+            let json_payload = match codec {
+                Codec::OsloJson => json_payload(&payload),
+                Codec::MessagePack => None,
+            };
+            let tree;
+            let payload = match &json_payload {
+                Some(raw) => Payload::Json(raw),
+                None => {
+                    tree = serde_json::to_value(payload).map_err(|error| NotifyError::Payload {
+                        event_type: event_type.to_owned(),
+                        detail: error.to_string(),
+                    })?;
+                    Payload::Value(&tree)
+                }
+            };
+            let mut message_id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let timestamp = oslo_timestamp(chrono::Utc::now().naive_utc());
+            let unique_id = topology::new_id();
+            // Encoded from borrowed parts: the context and payload are not copied per event.
+            let notification = NotificationParts {
+                message_id: topology::new_uuid()
+                    .hyphenated()
+                    .encode_lower(&mut message_id),
+                publisher_id: &self.publisher_id,
+                event_type,
+                priority: priority.as_wire(),
+                payload,
+                timestamp: &timestamp,
+                unique_id: Some(&unique_id),
+                context,
+            };
+            let body = Bytes::from(codec.encode_notification_parts(notification, self.format)?);
             let exchange = self
                 .exchange
                 .as_deref()
