@@ -93,16 +93,13 @@ impl Codec {
         wire::check_request(&req)?;
         match (self, req.args) {
             (Codec::OsloJson, _) => oslo_json::encode_enveloped(&wire::RequestView(req)),
-            (Codec::MessagePack, wire::Arguments::Object(_)) => {
+            (Codec::MessagePack, wire::Arguments::Tree(_)) => {
                 msgpack::encode_enveloped(&wire::RequestView(req))
             }
-            // MessagePack has no use for JSON text: read it back into an object.
             (Codec::MessagePack, wire::Arguments::Json(raw)) => {
-                let args: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(raw.get())
-                        .map_err(|e| CodecError::Encode(e.to_string()))?;
+                let args = wire::tree_of(raw)?;
                 let req = wire::RequestParts {
-                    args: wire::Arguments::Object(&args),
+                    args: wire::Arguments::Tree(&args),
                     ..req
                 };
                 msgpack::encode_enveloped(&wire::RequestView(req))
@@ -170,14 +167,12 @@ impl Codec {
         format: NotificationFormat,
     ) -> Result<Vec<u8>, CodecError> {
         wire::check_notification(&n)?;
-        // MessagePack has no use for JSON text: read it back into a value.
-        let tree: serde_json::Value;
+        let tree;
         let n = match (self, n.payload) {
             (Codec::MessagePack, wire::Payload::Json(raw)) => {
-                tree = serde_json::from_str(raw.get())
-                    .map_err(|e| CodecError::Encode(e.to_string()))?;
+                tree = wire::tree_of(raw)?;
                 wire::NotificationParts {
-                    payload: wire::Payload::Value(&tree),
+                    payload: wire::Payload::Tree(&tree),
                     ..n
                 }
             }

@@ -120,7 +120,7 @@ fn check_context(context: &Context) -> Result<(), CodecError> {
 
 /// Refuses a request that would carry a typed value.
 pub(crate) fn check_request(req: &RequestParts<'_>) -> Result<(), CodecError> {
-    if let Arguments::Object(args) = req.args {
+    if let Arguments::Tree(args) = req.args {
         check_object(args, "args")?;
     }
     check_context(req.context)
@@ -140,7 +140,7 @@ pub(crate) fn check_reply(reply: &RpcReply) -> Result<(), CodecError> {
 
 /// Refuses a notification that would carry a typed value.
 pub(crate) fn check_notification(n: &NotificationParts<'_>) -> Result<(), CodecError> {
-    if let Payload::Value(payload) = n.payload {
+    if let Payload::Tree(payload) = n.payload {
         check_value(payload, "payload")?;
     }
     check_context(n.context)
@@ -180,24 +180,44 @@ fn serialize_context_with<M: SerializeMap>(
     Ok(())
 }
 
-/// A request's keyword arguments, as the encoder takes them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Arguments<'a> {
-    /// An object, checked for typed values when it is encoded.
-    Object(&'a Map<String, Value>),
-    /// An object serde_json has already written, holding no typed value: the oslo JSON codec
-    /// embeds it as it is (see [`json_arguments`]).
+/// A caller's part of a message (a request's arguments, a notification's payload), as the
+/// encoder takes it.
+#[derive(Debug)]
+pub(crate) enum Embedded<'a, T> {
+    /// A tree, checked for typed values when it is encoded.
+    Tree(&'a T),
+    /// What serde_json has already written, holding no typed value: the oslo JSON codec embeds
+    /// it as it is (see [`json_arguments`] and [`json_payload`]).
     Json(&'a RawValue),
 }
 
-impl Serialize for Arguments<'_> {
+impl<T> Clone for Embedded<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Embedded<'_, T> {}
+
+impl<T: Serialize> Serialize for Embedded<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Arguments::Object(map) => map.serialize(serializer),
-            Arguments::Json(raw) => raw.serialize(serializer),
+            Embedded::Tree(tree) => tree.serialize(serializer),
+            Embedded::Json(raw) => raw.serialize(serializer),
         }
     }
 }
+
+/// JSON text read back into a tree: what MessagePack, which has no use for the text, encodes.
+pub(crate) fn tree_of<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, CodecError> {
+    serde_json::from_str(raw.get()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// A request's keyword arguments: an object.
+pub(crate) type Arguments<'a> = Embedded<'a, Map<String, Value>>;
+
+/// A notification's payload: any value.
+pub(crate) type Payload<'a> = Embedded<'a, Value>;
 
 /// `args` written as JSON, when that text can go into a request as it is: an object without
 /// any `"__type__"` key (serde_json never escapes those characters, so a typed value cannot hide
@@ -239,7 +259,7 @@ impl<'a> From<&'a RpcRequest> for RequestParts<'a> {
     fn from(r: &'a RpcRequest) -> Self {
         Self {
             method: &r.method,
-            args: Arguments::Object(&r.args),
+            args: Arguments::Tree(&r.args),
             namespace: r.namespace.as_deref(),
             version: r.version.as_deref(),
             call: r.call.as_ref(),
@@ -321,24 +341,6 @@ impl Serialize for ReplyView<'_> {
     }
 }
 
-/// A notification's payload, as the encoder takes it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Payload<'a> {
-    /// A value, checked for typed values when it is encoded.
-    Value(&'a Value),
-    /// A value serde_json has already written, holding no typed value (see [`json_payload`]).
-    Json(&'a RawValue),
-}
-
-impl Serialize for Payload<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Payload::Value(value) => value.serialize(serializer),
-            Payload::Json(raw) => raw.serialize(serializer),
-        }
-    }
-}
-
 /// A notification to encode, borrowed field by field, so that a notifier can encode one from
 /// its own fields and the caller's context and payload without copying them into a
 /// [`Notification`].
@@ -361,7 +363,7 @@ impl<'a> From<&'a Notification> for NotificationParts<'a> {
             publisher_id: &n.publisher_id,
             event_type: &n.event_type,
             priority: &n.priority,
-            payload: Payload::Value(&n.payload),
+            payload: Payload::Tree(&n.payload),
             timestamp: &n.timestamp,
             unique_id: n.unique_id.as_deref(),
             context: &n.context,

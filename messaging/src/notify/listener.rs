@@ -385,15 +385,15 @@ impl ListenLoop {
         let (size, timeout) = batch.unwrap_or((1, Duration::ZERO));
         // A batch is counted in deliveries; the few that do not decode leave it a little short.
         let mut pending: Vec<Delivery> = Vec::with_capacity(size);
-        // One timer for every batch, set when a batch starts: a timer made afresh for each
-        // delivery was registered and removed again every time.
+        // The deadline of the batch being gathered: one timer, set when a batch starts and
+        // heeded only while one is (a timer made afresh for each delivery was registered and
+        // removed again every time).
         let batch_due = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(batch_due);
-        let mut gathering = false;
         loop {
             let next = serving.unless_stopping(async {
                 tokio::select! {
-                    () = &mut batch_due, if gathering => None,
+                    () = &mut batch_due, if !pending.is_empty() => None,
                     next = deliveries.next() => Some(next),
                 }
             });
@@ -402,7 +402,6 @@ impl ListenLoop {
                 None => break,
                 // The batch's time is up.
                 Some(None) => {
-                    gathering = false;
                     self.start(&mut serving, std::mem::take(&mut pending)).await;
                 }
                 // Every inbox ended.
@@ -414,6 +413,7 @@ impl ListenLoop {
                 }
                 // A delivery, for the batch being gathered.
                 Some(Some(Some(delivery))) => {
+                    let first = pending.is_empty();
                     pending.push(delivery);
                     // What else has arrived joins the batch without another round of waiting.
                     while pending.len() < size {
@@ -423,10 +423,8 @@ impl ListenLoop {
                         }
                     }
                     if pending.len() >= size {
-                        gathering = false;
                         self.start(&mut serving, std::mem::take(&mut pending)).await;
-                    } else if !gathering {
-                        gathering = true;
+                    } else if first {
                         batch_due
                             .as_mut()
                             .reset(tokio::time::Instant::now() + timeout);

@@ -99,19 +99,19 @@ impl Notifier {
             let codec = self.transport.codec();
             // oslo JSON takes the payload as serde_json writes it; otherwise it is built as a
             // value first (and so is a payload whose text may hold a typed value, to be checked).
-            let json_payload = match codec {
+            let written = match codec {
                 Codec::OsloJson => json_payload(&payload),
                 Codec::MessagePack => None,
             };
             let tree;
-            let payload = match &json_payload {
+            let payload = match &written {
                 Some(raw) => Payload::Json(raw),
                 None => {
                     tree = serde_json::to_value(payload).map_err(|error| NotifyError::Payload {
                         event_type: event_type.to_owned(),
                         detail: error.to_string(),
                     })?;
-                    Payload::Value(&tree)
+                    Payload::Tree(&tree)
                 }
             };
             let mut message_id = [0u8; uuid::fmt::Hyphenated::LENGTH];

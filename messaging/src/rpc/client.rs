@@ -371,7 +371,7 @@ impl RpcClient {
         };
         let args = match &json_args {
             Some(raw) => Arguments::Json(raw),
-            None => Arguments::Object(&object_args),
+            None => Arguments::Tree(&object_args),
         };
         let is_call = call.is_some();
         let version = self.target.version.map(|v| v.to_string());
