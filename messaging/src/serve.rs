@@ -11,12 +11,13 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 /// What stopping a server or listener saw.
@@ -211,6 +212,37 @@ impl std::fmt::Debug for Serving {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// One unit of work as its task runs it: the work, ended early when the stop abandons it.
+    ///
+    /// A struct rather than an `async` block around a `select!`: such a block keeps the work it
+    /// captured and the copy it polls side by side, twice the work's size for every request in
+    /// flight (a server holding 10 000 calls spent 7 KiB on each where 3.5 would do).
+    struct Unit<W> {
+        #[pin]
+        abandoned: WaitForCancellationFutureOwned,
+        #[pin]
+        work: W,
+        finished: Arc<AtomicUsize>,
+    }
+}
+
+impl<W: Future<Output = ()>> Future for Unit<W> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let unit = self.project();
+        if unit.abandoned.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let done = unit.work.poll(cx);
+        if done.is_ready() {
+            unit.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        done
+    }
+}
+
 impl Serving {
     /// A core allowing `limit` units of work at once.
     pub(crate) fn new(limit: usize) -> Self {
@@ -327,17 +359,11 @@ impl Serving {
     }
 
     /// `work`, counted when it finishes and dropped when the stop abandons it.
-    fn unit(&self, work: impl Future<Output = ()>) -> impl Future<Output = ()> {
-        let finished = self.finished.clone();
-        let abandon = self.abandon.clone();
-        async move {
-            tokio::select! {
-                biased;
-                () = abandon.cancelled() => {}
-                () = work => {
-                    finished.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+    fn unit<W: Future<Output = ()>>(&self, work: W) -> Unit<W> {
+        Unit {
+            abandoned: self.abandon.clone().cancelled_owned(),
+            work,
+            finished: self.finished.clone(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! deadline, then closes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -542,7 +543,14 @@ struct Dispatch {
 impl Dispatch {
     /// Runs `request` holding `slot`; the slot is released once the handler is done, even if
     /// the reply must still be retried.
-    async fn run(self, mut request: RpcRequest, slot: OwnedSemaphorePermit) {
+    ///
+    /// The span is made before the future, so the future holds the request's parts once, not
+    /// the request beside them: it is what every request in flight costs.
+    fn run(
+        self,
+        mut request: RpcRequest,
+        slot: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send {
         // The handler's span is the next hop of the caller's trace (or starts one), and the
         // handler's context names it, so calls it makes are this span's children.
         let caller = request.context.trace_parent();
@@ -560,16 +568,16 @@ impl Dispatch {
             request_id = request.context.request_id(),
             global_request_id = request.context.global_request_id(),
         );
+        let RpcRequest {
+            method,
+            args,
+            namespace,
+            version,
+            call,
+            context,
+            ..
+        } = request;
         async move {
-            let RpcRequest {
-                method,
-                args,
-                namespace,
-                version,
-                call,
-                context,
-                ..
-            } = request;
             let deadline = context.deadline().filter(|_| self.cancel_past_deadline);
             let work = self.dispatcher.dispatch(
                 namespace.as_deref(),
@@ -633,7 +641,6 @@ impl Dispatch {
             }
         }
         .instrument(span)
-        .await;
     }
 
     /// Retries a reply whose queue was missing, every 0.25 s for the policy's time, unless

@@ -367,7 +367,7 @@ where
 
 /// jemalloc's statistics of this process's heap, refreshed now; zeros where they cannot be read.
 pub(crate) fn heap_kib() -> crate::HeapKib {
-    use tikv_jemalloc_ctl::{epoch, stats};
+    use tikv_jemalloc_ctl::{epoch, stats, Access, AsName};
     let _ = epoch::advance();
     let kib = |bytes: Result<usize, tikv_jemalloc_ctl::Error>| bytes.map_or(0, |b| b as u64 / 1024);
     crate::HeapKib {
@@ -375,6 +375,8 @@ pub(crate) fn heap_kib() -> crate::HeapKib {
         active_kib: kib(stats::active::read()),
         metadata_kib: kib(stats::metadata::read()),
         resident_kib: kib(stats::resident::read()),
+        // 4096 is jemalloc's MALLCTL_ARENAS_ALL: the sum over every arena.
+        thread_cached_kib: kib(b"stats.arenas.4096.tcache_bytes\0".name().read()),
     }
 }
 

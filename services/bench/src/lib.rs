@@ -212,6 +212,10 @@ pub struct MemoryReport {
     /// VmRSS `settled_s` after the round's calls returned, per round: what the process keeps
     /// once the allocator has handed back what it will.
     pub settled_kib: Vec<u64>,
+    /// The allocator's view `settled_s` after the round's calls returned, per round.
+    pub settled_heap: Vec<HeapKib>,
+    /// The resident set's parts `settled_s` after the round's calls returned, per round.
+    pub settled_split: Vec<RssSplit>,
     /// Per round, how long after its calls returned VmRSS was first back within 25 % of the
     /// idle agent's, in milliseconds (sampled every 100 ms); `None` when it was not within
     /// `settled_s`.
@@ -244,6 +248,9 @@ pub struct HeapKib {
     pub metadata_kib: u64,
     /// Physically resident pages the allocator maps, metadata included (`stats.resident`).
     pub resident_kib: u64,
+    /// Of `live_kib`, what threads' caches hold for their next allocations
+    /// (`stats.arenas.<all>.tcache_bytes`): freed by the program, not yet by the allocator.
+    pub thread_cached_kib: u64,
 }
 
 /// A whole run.
@@ -367,11 +374,12 @@ impl Report {
             let _ = writeln!(out, "\nmemory (VmRSS of this process: client and server)");
             let parts = |split: &RssSplit, heap: &HeapKib| {
                 format!(
-                    "anon {:.1}, file {:.1}; heap {:.1} live, {:.1} active, {:.1} metadata, \
-                     {:.1} resident",
+                    "anon {:.1}, file {:.1}; heap {:.1} live ({:.1} in thread caches), \
+                     {:.1} active, {:.1} metadata, {:.1} resident",
                     mib(split.anon_kib),
                     mib(split.file_kib),
                     mib(heap.live_kib),
+                    mib(heap.thread_cached_kib),
                     mib(heap.active_kib),
                     mib(heap.metadata_kib),
                     mib(heap.resident_kib)
@@ -412,11 +420,20 @@ impl Report {
                         Some(ms) => format!("within 25 % of idle {:.2} s after", ms as f64 / 1e3),
                         None => "not back within 25 % of idle".to_owned(),
                     };
+                    let settled_parts = match (
+                        memory.settled_split.get(round),
+                        memory.settled_heap.get(round),
+                    ) {
+                        (Some(split), Some(heap)) => parts(split, heap),
+                        _ => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "{:<34} {:>8.1} MiB   {back}",
+                        "{:<34} {:>8.1} MiB   {back}\n{:<34} {:>8}       {settled_parts}",
                         format!("{} s after (round {})", memory.settled_s, round + 1),
-                        mib(*settled)
+                        mib(*settled),
+                        "",
+                        ""
                     );
                 }
             }

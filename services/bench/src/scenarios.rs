@@ -432,6 +432,8 @@ pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Res
         report.after_split.push(harness::rss_split());
         watch.follow_until(settled).await;
         report.settled_kib.push(harness::rss_kib());
+        report.settled_heap.push(harness::heap_kib());
+        report.settled_split.push(harness::rss_split());
         report.back_within_ms.push(watch.back_within_ms);
     }
     report.peak_kib = harness::peak_rss_kib();
