@@ -385,6 +385,14 @@ impl Report {
                     mib(heap.resident_kib)
                 )
             };
+            // A round's parts, when both were read.
+            let parts_of = |splits: &[RssSplit], heaps: &[HeapKib], round: usize| match (
+                splits.get(round),
+                heaps.get(round),
+            ) {
+                (Some(split), Some(heap)) => parts(split, heap),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "{:<34} {:>8.1} MiB   {}",
@@ -398,11 +406,7 @@ impl Report {
                 .zip(&memory.after_kib)
                 .enumerate()
             {
-                let after_parts =
-                    match (memory.after_split.get(round), memory.after_heap.get(round)) {
-                        (Some(split), Some(heap)) => parts(split, heap),
-                        _ => String::new(),
-                    };
+                let after_parts = parts_of(&memory.after_split, &memory.after_heap, round);
                 let _ = writeln!(
                     out,
                     "{:<34} {:>8.1} MiB",
@@ -420,19 +424,14 @@ impl Report {
                         Some(ms) => format!("within 25 % of idle {:.2} s after", ms as f64 / 1e3),
                         None => "not back within 25 % of idle".to_owned(),
                     };
-                    let settled_parts = match (
-                        memory.settled_split.get(round),
-                        memory.settled_heap.get(round),
-                    ) {
-                        (Some(split), Some(heap)) => parts(split, heap),
-                        _ => String::new(),
-                    };
+                    let settled_parts =
+                        parts_of(&memory.settled_split, &memory.settled_heap, round);
+                    // The parts go on a line of their own, under the other rows' parts.
                     let _ = writeln!(
                         out,
-                        "{:<34} {:>8.1} MiB   {back}\n{:<34} {:>8}       {settled_parts}",
+                        "{:<34} {:>8.1} MiB   {back}\n{:50}{settled_parts}",
                         format!("{} s after (round {})", memory.settled_s, round + 1),
                         mib(*settled),
-                        "",
                         ""
                     );
                 }
