@@ -425,13 +425,16 @@ impl ServerLoop {
                     replies,
                     codec,
                 };
-                match taken.decode() {
-                    Decoded::Request(request, codec) => dispatch(codec).run(request, slot).await,
+                // The decoded message is taken apart before the request runs, so the future
+                // does not keep the message's place beside the request's.
+                let (request, codec) = match taken.decode() {
+                    Decoded::Request(request, codec) => (request, codec),
                     Decoded::Refused(call, codec, error) => {
-                        dispatch(codec).refuse(&call, error, slot).await;
+                        return dispatch(codec).refuse(&call, error, slot).await;
                     }
-                    Decoded::Dropped => {}
-                }
+                    Decoded::Dropped => return,
+                };
+                dispatch(codec).run(request, slot).await;
             });
         }
         serving.begin_stop();
@@ -579,65 +582,61 @@ impl Dispatch {
         } = request;
         async move {
             let deadline = context.deadline().filter(|_| self.cancel_past_deadline);
-            let work = self.dispatcher.dispatch(
-                namespace.as_deref(),
-                version.as_deref(),
-                &method,
-                context,
-                args,
-            );
-            // Work the caller no longer waits for is cancelled (dropped) at its deadline.
-            let work = async {
-                match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
-                    None => Some(work.await),
-                }
-            };
-            let Some(call) = call else {
-                match work.await {
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => tracing::warn!(%error, "cast handler failed"),
-                    None => tracing::info!("cast handler cancelled at its deadline"),
-                }
-                drop(slot);
-                return;
-            };
-            let outcome = match keepalive_interval(&call) {
-                Some(every) => {
-                    tokio::select! {
-                        outcome = work => outcome,
-                        never = self.keepalives(&call, every) => match never {},
+            // Each part of the state lives in one place: the work is pinned where it runs and
+            // ends before the reply is sent, keepalives exist only once a handler has run past
+            // the first interval, and a reply's retries are boxed. A request in flight costs
+            // its work once and little besides.
+            let reply = {
+                // Work the caller no longer waits for is cancelled (dropped) at its deadline.
+                let mut work = std::pin::pin!(async {
+                    let work = self.dispatcher.dispatch(
+                        namespace.as_deref(),
+                        version.as_deref(),
+                        &method,
+                        context,
+                        args,
+                    );
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                        None => Some(work.await),
                     }
-                }
-                None => work.await,
-            };
-            let Some(outcome) = outcome else {
-                // The caller has given up: a reply would only be dropped on its side.
-                tracing::info!("handler cancelled: the caller's deadline passed");
-                return;
-            };
-            let reply = match outcome {
-                Ok(result) => RpcReply {
-                    result,
-                    failure: None,
-                    ending: true,
-                    msg_id: call.msg_id.clone(),
-                    unique_id: topology::new_id(),
-                },
-                Err(error) => {
-                    tracing::debug!(%error, "handler returned an error");
-                    RpcReply {
-                        result: Value::Null,
-                        failure: Some(error),
-                        ending: true,
-                        msg_id: call.msg_id.clone(),
-                        unique_id: topology::new_id(),
+                });
+                // The call is borrowed where the request left it, not moved to a second place.
+                let Some(call) = call.as_ref() else {
+                    match work.await {
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => tracing::warn!(%error, "cast handler failed"),
+                        None => tracing::info!("cast handler cancelled at its deadline"),
                     }
-                }
+                    drop(slot);
+                    return;
+                };
+                let outcome = match keepalive_interval(call) {
+                    Some(every) => match tokio::time::timeout(every, work.as_mut()).await {
+                        Ok(outcome) => outcome,
+                        Err(_first_interval_passed) => {
+                            let keepalives = Box::pin(self.keepalives(call, every));
+                            tokio::select! {
+                                outcome = work.as_mut() => outcome,
+                                never = keepalives => match never {},
+                            }
+                        }
+                    },
+                    None => work.await,
+                };
+                let Some(result) = outcome else {
+                    // The caller has given up: a reply would only be dropped on its side.
+                    tracing::info!("handler cancelled: the caller's deadline passed");
+                    return;
+                };
+                final_reply(call, result)
             };
-            if !self.reply(&call, &reply).await {
+            let Some(call) = call.as_ref() else { return };
+            if !self.reply(call, &reply).await {
                 drop(slot);
-                self.retry_reply(&call, &reply).await;
+                // Rare (the caller's queue was missing): its state goes on the heap rather
+                // than into every request's future.
+                Box::pin(self.retry_reply(call, &reply)).await;
             }
         }
         .instrument(span)
@@ -687,9 +686,10 @@ impl Dispatch {
         drop(slot);
     }
 
-    /// Sends `ending: false` replies every `every` until cancelled (by the handler finishing).
+    /// Sends `ending: false` replies every `every`, the first at once, until cancelled (by the
+    /// handler finishing).
     async fn keepalives(&self, call: &CallInfo, every: Duration) -> std::convert::Infallible {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut ticks = tokio::time::interval(every);
         loop {
             ticks.tick().await;
             let heartbeat = RpcReply {
@@ -744,6 +744,24 @@ impl Dispatch {
                 true
             }
         }
+    }
+}
+
+/// The reply that ends a call: its result, or the handler's error.
+fn final_reply(call: &CallInfo, result: Result<Value, RemoteError>) -> RpcReply {
+    let (result, failure) = match result {
+        Ok(result) => (result, None),
+        Err(error) => {
+            tracing::debug!(%error, "handler returned an error");
+            (Value::Null, Some(error))
+        }
+    };
+    RpcReply {
+        result,
+        failure,
+        ending: true,
+        msg_id: call.msg_id.clone(),
+        unique_id: topology::new_id(),
     }
 }
 

@@ -191,10 +191,20 @@ pub struct Row {
 pub struct MemoryReport {
     /// Calls held in flight.
     pub inflight: usize,
-    /// An idle agent: a transport serving RPC and one with a reply queue, after one call.
+    /// The agent just started: a transport serving RPC and one with a reply queue, after one
+    /// call.
+    pub started_kib: u64,
+    /// The just-started agent's resident set, anonymous and file-backed.
+    pub started_split: RssSplit,
+    /// Calls made one at a time between `started_kib` and `idle_kib`.
+    pub warm_up_calls: usize,
+    /// The idle agent the bursts are measured against: the same agent after `warm_up_calls`
+    /// calls one at a time, as an agent is once it has served some traffic.
     pub idle_kib: u64,
     /// With `inflight` calls in flight, per round.
     pub inflight_kib: Vec<u64>,
+    /// The allocator's view with `inflight` calls in flight, per round.
+    pub inflight_heap: Vec<HeapKib>,
     /// After the round's calls returned, per round.
     pub after_kib: Vec<u64>,
     /// The process's peak (VmHWM) by the end of the section.
@@ -393,10 +403,19 @@ impl Report {
                 (Some(split), Some(heap)) => parts(split, heap),
                 _ => String::new(),
             };
+            let split = &memory.started_split;
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8.1} MiB   anon {:.1}, file {:.1}",
+                "just started (after one call)",
+                mib(memory.started_kib),
+                mib(split.anon_kib),
+                mib(split.file_kib)
+            );
             let _ = writeln!(
                 out,
                 "{:<34} {:>8.1} MiB   {}",
-                "idle agent",
+                format!("idle (after {} calls)", memory.warm_up_calls),
                 mib(memory.idle_kib),
                 parts(&memory.idle_split, &memory.idle_heap)
             );
@@ -407,9 +426,19 @@ impl Report {
                 .enumerate()
             {
                 let after_parts = parts_of(&memory.after_split, &memory.after_heap, round);
+                let inflight_heap = memory
+                    .inflight_heap
+                    .get(round)
+                    .map_or(String::new(), |heap| {
+                        format!(
+                            "heap {:.1} live, {:.1} active",
+                            mib(heap.live_kib),
+                            mib(heap.active_kib)
+                        )
+                    });
                 let _ = writeln!(
                     out,
-                    "{:<34} {:>8.1} MiB",
+                    "{:<34} {:>8.1} MiB   {inflight_heap}",
                     format!("{} calls in flight (round {})", memory.inflight, round + 1),
                     mib(*inflight)
                 );

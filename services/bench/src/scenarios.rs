@@ -26,6 +26,13 @@ use tidings_metering::store::SqliteStore;
 /// Rounds of `inflight` calls in the memory section.
 pub(crate) const MEMORY_ROUNDS: usize = 3;
 
+/// Calls the memory section makes one at a time before it measures the idle agent. lapin reads
+/// and writes each connection through two rings of 32 frames (512 KiB at our frame size) that
+/// the kernel backs page by page as the rings first go round; these calls move a few MB through
+/// every connection, so the idle figure holds the pages any traffic touches and a burst is
+/// measured by what it alone leaves behind.
+const WARM_UP_CALLS: usize = 2000;
+
 /// How long the memory section waits after a round's calls returned before measuring.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -359,8 +366,8 @@ async fn meter_notify(env: &Env, wire: Wire, grouped: bool) -> Result<f64> {
     result
 }
 
-/// The memory section: RSS of an idle agent (a transport serving RPC and one holding a reply
-/// queue, in this process), then [`MEMORY_ROUNDS`] times: RSS with `inflight` calls waiting in a
+/// The memory section: RSS of an agent just started (a transport serving RPC and one holding a
+/// reply queue, in this process) and of the same agent idle after [`WARM_UP_CALLS`] calls, then [`MEMORY_ROUNDS`] times: RSS with `inflight` calls waiting in a
 /// handler at once, and after they all returned: at [`SETTLE`], and followed for `settled` in
 /// all (the allocator hands freed pages back over its decay time, not at once). Bounded means
 /// the later rounds level off.
@@ -395,8 +402,16 @@ pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Res
     let context = Context::from(harness::context());
     let args = arguments();
     let _: Value = client.call(&context, "echo", &args).await?;
+    let started_kib = harness::rss_kib();
+    let started_split = harness::rss_split();
+    for _ in 0..WARM_UP_CALLS {
+        let _: Value = client.call(&context, "echo", &args).await?;
+    }
     let mut report = MemoryReport {
         inflight,
+        started_kib,
+        started_split,
+        warm_up_calls: WARM_UP_CALLS,
         settled_s: settled.as_secs_f64(),
         idle_kib: harness::rss_kib(),
         idle_heap: harness::heap_kib(),
@@ -418,11 +433,13 @@ pub(crate) async fn memory(env: &Env, inflight: usize, settled: Duration) -> Res
         let peak = async {
             arrived.wait_for(base + inflight as u64).await?;
             let rss = harness::rss_kib();
+            let heap = harness::heap_kib();
             gate.send_replace(true);
-            Ok::<_, BenchError>(rss)
+            Ok::<_, BenchError>((rss, heap))
         };
-        let ((), rss) = tokio::try_join!(finish, peak)?;
+        let ((), (rss, heap)) = tokio::try_join!(finish, peak)?;
         report.inflight_kib.push(rss);
+        report.inflight_heap.push(heap);
         let goal = report.idle_kib + report.idle_kib / 4;
         let mut watch = RssWatch::new(tokio::time::Instant::now(), goal);
         // The first figure once the server's side has settled too (its last replies confirmed).

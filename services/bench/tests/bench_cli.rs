@@ -114,9 +114,13 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
         );
     }
 
-    // The memory section: idle, then in flight and after, round by round.
+    // The memory section: just started, idle after the warm-up calls, then in flight and
+    // after, round by round.
     assert!(stdout.contains("memory (VmRSS"), "{stdout}");
     let memory = &json["memory"];
+    assert!(memory["started_kib"].as_u64().unwrap() > 0, "{memory}");
+    assert!(memory["started_split"]["anon_kib"].as_u64().unwrap() > 0);
+    assert!(memory["warm_up_calls"].as_u64().unwrap() > 0, "{memory}");
     assert!(memory["idle_kib"].as_u64().unwrap() > 0);
     let rounds = memory["inflight_kib"].as_array().unwrap().len();
     assert!(rounds >= 2, "{memory}");
