@@ -211,6 +211,21 @@ pub async fn server_targeted_call_reaches_that_server(bus: Bus) {
             .unwrap();
         assert_eq!(who, "s2");
     }
+    // A client that has sent already, retargeted: each copy goes where it points now.
+    let used = client(&transport);
+    let _: String = used
+        .call(&Context::new(), "whoami", json!({}))
+        .await
+        .unwrap();
+    for server in ["s1", "s2", "s1"] {
+        let who: String = used
+            .prepare()
+            .server(server)
+            .call(&Context::new(), "whoami", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(who, server);
+    }
     s1.stop(Duration::from_secs(5)).await;
     s2.stop(Duration::from_secs(5)).await;
 }

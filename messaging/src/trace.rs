@@ -67,12 +67,29 @@ impl TraceParent {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut digits = [0; 32];
+        write_hex(&mut digits, self.trace_id);
+        hex_text(&digits).to_owned()
     }
 
     /// The span id as 16 lower-case hex digits.
     pub fn span_id(&self) -> String {
-        format!("{:016x}", self.span_id)
+        let mut digits = [0; 16];
+        write_hex(&mut digits, u128::from(self.span_id));
+        hex_text(&digits).to_owned()
+    }
+
+    /// The `traceparent` text, `00-<trace id>-<span id>-<flags>`, written into a buffer of its
+    /// own size: every message carries one, and formatting it piece by piece into a `String`
+    /// grew the string three times.
+    fn encode(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut text = [b'-'; TRACEPARENT_LEN];
+        text[0] = b'0';
+        text[1] = b'0';
+        write_hex(&mut text[3..35], self.trace_id);
+        write_hex(&mut text[36..52], u128::from(self.span_id));
+        write_hex(&mut text[53..55], u128::from(self.flags));
+        text
     }
 
     /// Whether the caller sampled this trace.
@@ -83,11 +100,7 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        f.write_str(hex_text(&self.encode()))
     }
 }
 
@@ -95,6 +108,26 @@ impl fmt::Debug for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TraceParent({self})")
     }
+}
+
+/// The length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+/// Writes the low `4 * out.len()` bits of `value` into `out` as lower-case hex digits,
+/// zero-padded.
+fn write_hex(out: &mut [u8], value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut rest = value;
+    for digit in out.iter_mut().rev() {
+        // The mask keeps the index below 16.
+        *digit = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+    }
+}
+
+/// Text made only of what [`write_hex`] and [`TraceParent::encode`] write (ASCII).
+fn hex_text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Parses fixed-width lower-case hex (the W3C format forbids upper case).
@@ -131,6 +164,26 @@ mod tests {
         assert_eq!(parent.span_id(), "00f067aa0ba902b7");
         assert!(parent.sampled());
         assert_eq!(parent.to_string(), SAMPLE);
+    }
+
+    #[test]
+    fn prints_every_digit_zero_padded() {
+        for _ in 0..1000 {
+            let parent = TraceParent {
+                // Any number of leading zero digits, never all zeros (which do not parse).
+                trace_id: (fastrand::u128(1..) >> fastrand::u32(0..128)).max(1),
+                span_id: (fastrand::u64(1..) >> fastrand::u32(0..64)).max(1),
+                flags: fastrand::u8(..),
+            };
+            let expected = format!(
+                "00-{:032x}-{:016x}-{:02x}",
+                parent.trace_id, parent.span_id, parent.flags
+            );
+            assert_eq!(parent.to_string(), expected);
+            assert_eq!(parent.trace_id(), expected[3..35]);
+            assert_eq!(parent.span_id(), expected[36..52]);
+            assert_eq!(TraceParent::parse(&expected), Some(parent));
+        }
     }
 
     #[test]

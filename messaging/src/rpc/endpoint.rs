@@ -44,6 +44,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use futures::future::BoxFuture;
@@ -350,7 +351,8 @@ impl<S> Endpoint<S> {
             .methods
             .into_iter()
             .map(|(name, service)| {
-                let method = name.clone();
+                // Shared: the service, this closure with it, is cloned for every request.
+                let method: Arc<str> = Arc::from(name.as_str());
                 let layered = layer
                     .layer(service)
                     .map_err(move |error| layer_error(&method, error.into()));

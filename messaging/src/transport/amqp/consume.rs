@@ -10,6 +10,7 @@
 //! channel is replaced on the same connection. Declarations run on a channel of their own,
 //! because a refused one closes the channel it was made on.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -101,7 +102,7 @@ impl Republisher {
             AMQPValue::LongInt(i32::try_from(requeues).unwrap_or(i32::MAX)),
         );
         let properties = lapin::BasicProperties::default()
-            .with_content_type(message.content_type.as_str().into())
+            .with_content_type(message.content_type.as_ref().into())
             .with_content_encoding("utf-8".into())
             .with_delivery_mode(2)
             .with_priority(0)
@@ -131,10 +132,21 @@ impl Republisher {
 /// What an acker keeps of its message to publish it again.
 #[derive(Debug)]
 struct Held {
-    queue: String,
+    /// Shared with every delivery of the queue: most messages are never published again.
+    queue: Arc<str>,
     body: bytes::Bytes,
-    content_type: String,
+    /// Borrowed when it is one of the codecs' own types, as it nearly always is.
+    content_type: Cow<'static, str>,
     requeues: u32,
+}
+
+/// `content_type` as a [`Held`] keeps it.
+fn held_content_type(content_type: &str) -> Cow<'static, str> {
+    match content_type {
+        crate::codec::JSON_CONTENT_TYPE => Cow::Borrowed(crate::codec::JSON_CONTENT_TYPE),
+        crate::codec::MSGPACK_CONTENT_TYPE => Cow::Borrowed(crate::codec::MSGPACK_CONTENT_TYPE),
+        other => Cow::Owned(other.to_owned()),
+    }
 }
 
 /// Where a consumer's deliveries go.
@@ -442,6 +454,11 @@ async fn consume_on(
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
+    let held_queues: Vec<Arc<str>> = spec
+        .queues
+        .iter()
+        .map(|queue| Arc::from(queue.name.as_str()))
+        .collect();
     // Every delivery settles through this; acknowledgements are sent in batches by this task.
     let acks = Arc::new(AckBatcher::new(channel.clone(), spec.ack_hold));
     let mut check = tokio::time::interval_at(
@@ -547,9 +564,9 @@ async fn consume_on(
         let acker = AmqpAcker {
             settle,
             held: Held {
-                queue: queue.clone(),
+                queue: held_queues[index].clone(),
                 body: body.clone(),
-                content_type: content_type.clone(),
+                content_type: held_content_type(&content_type),
                 requeues,
             },
             republisher: spec.republisher.clone(),
