@@ -67,16 +67,12 @@ impl TraceParent {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
-        let mut digits = [0; 32];
-        write_hex(&mut digits, self.trace_id);
-        hex_text(&digits).to_owned()
+        hex_text(&self.encode()[3..35]).to_owned()
     }
 
     /// The span id as 16 lower-case hex digits.
     pub fn span_id(&self) -> String {
-        let mut digits = [0; 16];
-        write_hex(&mut digits, u128::from(self.span_id));
-        hex_text(&digits).to_owned()
+        hex_text(&self.encode()[36..52]).to_owned()
     }
 
     /// The `traceparent` text, `00-<trace id>-<span id>-<flags>`, written into a buffer of its
