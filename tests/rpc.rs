@@ -87,7 +87,7 @@ pub async fn a_burst_beyond_the_publish_window_all_return(bus: Bus) {
     let transport = bus.transport().await;
     let server = serve(&transport, "s1", Arc::default()).await;
     let client = client(&transport).timeout(Duration::from_secs(60));
-    let calls = 2 * tidings::transport::amqp::MAX_UNCONFIRMED_PUBLISHES + 1;
+    let calls = 2 * tidings::transport::amqp::DEFAULT_MAX_UNCONFIRMED_PUBLISHES + 1;
     let replies = futures::future::join_all((0..calls).map(|i| {
         let client = client.clone();
         async move {
@@ -894,4 +894,12 @@ mod memory {
 
 mod amqp {
     rpc_suite!(tidings_suites::Bus::amqp());
+
+    /// A window of one: each publish waits for the confirm of the one before it, and replies
+    /// still get through while the calls that wait for them hold none of the room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_through_a_window_of_one_all_return() {
+        let bus = tidings_suites::Bus::amqp_with_query("max_unconfirmed_publishes=1");
+        super::a_burst_beyond_the_publish_window_all_return(bus).await;
+    }
 }

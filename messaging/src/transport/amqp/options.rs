@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::DEFAULT_MAX_UNCONFIRMED_PUBLISHES;
 use crate::url::{bad_option, Scheme, TransportUrl, UrlError};
 
 /// Every query option the AMQP driver reads. Any other is named in a warning when the transport
@@ -21,6 +22,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "connection_timeout",
     "dead_letter_max_length",
     "dead_letter_overflow",
+    "max_unconfirmed_publishes",
     "ssl",
     "ssl_ca_file",
     "ssl_cert_file",
@@ -36,6 +38,9 @@ const TIMEOUT_BOUNDS: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(24 * 3600));
 /// RabbitMQ's `x-expires` is a 32-bit count of milliseconds; a queue TTL beyond 30 days is a typo.
 const QUEUE_TTL_BOUNDS: (u64, u64) = (1, 30 * 24 * 3600);
+/// Bounds of `max_unconfirmed_publishes`: none would never publish, and the window is what
+/// bounds the frames lapin queues (and keeps) per connection.
+pub(super) const UNCONFIRMED_PUBLISHES_BOUNDS: (usize, usize) = (1, 4096);
 
 /// How the AMQP driver declares queues and keeps its connections.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +74,12 @@ pub struct AmqpOptions {
     /// What a full dead-letter queue does (`dead_letter_overflow`, default `drop-head`: the
     /// oldest message goes; `reject-publish` keeps the old ones and the new one is requeued).
     pub dead_letter_overflow: DeadLetterOverflow,
+    /// Most publishes of one transport waiting for their publisher confirm at once
+    /// (`max_unconfirmed_publishes`, default 64, from 1 to 4096). More publishes wait in their
+    /// callers until confirms come back. Raise it where confirms take long to come back (a
+    /// broker far away, quorum queues replicating over a slow network): throughput is at most
+    /// this many publishes per confirm's round trip.
+    pub max_unconfirmed_publishes: usize,
     /// TLS, as oslo.messaging configures it (`ssl`, `ssl_ca_file`, `ssl_cert_file`,
     /// `ssl_key_file`); always on for `amqps://`.
     pub tls: TlsOptions,
@@ -123,6 +134,7 @@ impl Default for AmqpOptions {
             connection_timeout: Duration::from_secs(10),
             dead_letter_max_length: 10_000,
             dead_letter_overflow: DeadLetterOverflow::DropHead,
+            max_unconfirmed_publishes: DEFAULT_MAX_UNCONFIRMED_PUBLISHES,
             tls: TlsOptions::default(),
         }
     }
@@ -193,6 +205,17 @@ impl AmqpOptions {
                     })
                 }
             };
+        }
+        if let Some(v) = url.option_parsed::<usize>("max_unconfirmed_publishes")? {
+            let (low, high) = UNCONFIRMED_PUBLISHES_BOUNDS;
+            if !(low..=high).contains(&v) {
+                return Err(bad_option(
+                    "max_unconfirmed_publishes",
+                    &v.to_string(),
+                    &format!("a whole number from {low} to {high}"),
+                ));
+            }
+            options.max_unconfirmed_publishes = v;
         }
         options.tls = TlsOptions::from_url(url)?;
         Ok(options)
@@ -392,6 +415,26 @@ mod tests {
             AmqpOptions::unknown_options(&url),
             ["rabit_quorum_queue", "colour"]
         );
+    }
+
+    #[test]
+    fn the_window_of_unconfirmed_publishes_is_bounded() {
+        let parse = |u: &str| AmqpOptions::from_url(&u.parse::<TransportUrl>().unwrap());
+        assert_eq!(
+            parse("rabbit://h/").unwrap().max_unconfirmed_publishes,
+            DEFAULT_MAX_UNCONFIRMED_PUBLISHES
+        );
+        let o = parse("rabbit://h/?max_unconfirmed_publishes=1024").unwrap();
+        assert_eq!(o.max_unconfirmed_publishes, 1024);
+        for value in ["0", "4097", "-1", "18446744073709551616", "many"] {
+            let error = parse(&format!("rabbit://h/?max_unconfirmed_publishes={value}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("max_unconfirmed_publishes"),
+                "{value}: {error}"
+            );
+        }
     }
 
     #[test]
