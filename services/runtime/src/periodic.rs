@@ -58,8 +58,9 @@ impl Schedule {
         self
     }
 
-    /// Adds a random delay in `[0, jitter)` to every wait, so that many agents started together
-    /// do not all poll at the same instant.
+    /// Adds a random delay in `[0, jitter)`, in whole milliseconds, to every wait, so that many
+    /// agents started together do not all poll at the same instant. A jitter under a
+    /// millisecond adds none.
     pub fn with_jitter(mut self, jitter: Duration) -> Self {
         self.jitter = jitter;
         self
@@ -70,8 +71,13 @@ impl Schedule {
         self.spacing
     }
 
+    /// Whole milliseconds: tokio's timers round a deadline up to the next millisecond, so a
+    /// finer delay just under the bound would wait the whole bound.
     fn random_jitter(&self) -> Duration {
-        self.jitter.mul_f64(fastrand::f64())
+        match u64::try_from(self.jitter.as_millis()).unwrap_or(u64::MAX) {
+            0 => Duration::ZERO,
+            bound => Duration::from_millis(fastrand::u64(0..bound)),
+        }
     }
 
     fn first_due(&self, now: Instant) -> Instant {
@@ -377,6 +383,21 @@ mod tests {
                 "{gap:?}"
             );
         }
+    }
+
+    #[test]
+    fn jitter_is_whole_milliseconds_below_its_bound() {
+        let schedule = Schedule::every(Duration::from_secs(10))
+            .unwrap()
+            .with_jitter(Duration::from_millis(3));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            seen.insert(schedule.random_jitter());
+        }
+        let expected = [0, 1, 2].map(Duration::from_millis);
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
+        let fine = schedule.with_jitter(Duration::from_micros(900));
+        assert_eq!(fine.random_jitter(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
