@@ -21,7 +21,9 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 
-pub use options::{AmqpOptions, DeadLetterOverflow, TlsOptions, KNOWN_OPTIONS};
+pub use options::{
+    AmqpOptions, DeadLetterOverflow, TlsOptions, DEFAULT_MAX_UNCONFIRMED_PUBLISHES, KNOWN_OPTIONS,
+};
 
 use self::consume::{ConsumerSpec, Feed};
 use self::declare::{ExchangeSpec, QueueSpec};
@@ -59,15 +61,6 @@ pub struct AmqpDriver {
     /// Room for publishes handed to the broker whose confirm has not come back.
     unconfirmed: tokio::sync::Semaphore,
 }
-
-/// Most publishes of one driver waiting for their confirm at once, unless the URL says
-/// otherwise (`max_unconfirmed_publishes`). Past it a burst waits in its callers' futures rather
-/// than as frames and confirm slots in lapin, whose queues keep the capacity a burst gave them
-/// for the life of the connection: three frames a publish, so 256 in flight left a frame queue
-/// of 1024 entries (384 KiB) on each publishing connection after 10 000 calls at once, and 64
-/// leave a quarter of it. Calls, casts, fanout and notifications measured the same with 64 as
-/// with 256 and 1024 on a local broker; 32 carried fewer casts.
-pub const DEFAULT_MAX_UNCONFIRMED_PUBLISHES: usize = 64;
 
 /// How long closing a channel whose confirm never came may take before it is left behind.
 const CONFIRMLESS_CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);

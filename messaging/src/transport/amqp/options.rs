@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::DEFAULT_MAX_UNCONFIRMED_PUBLISHES;
 use crate::url::{bad_option, Scheme, TransportUrl, UrlError};
 
 /// Every query option the AMQP driver reads. Any other is named in a warning when the transport
@@ -38,6 +37,14 @@ const TIMEOUT_BOUNDS: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(24 * 3600));
 /// RabbitMQ's `x-expires` is a 32-bit count of milliseconds; a queue TTL beyond 30 days is a typo.
 const QUEUE_TTL_BOUNDS: (u64, u64) = (1, 30 * 24 * 3600);
+/// Most publishes of one driver waiting for their confirm at once, unless the URL says
+/// otherwise (`max_unconfirmed_publishes`). Past it a burst waits in its callers' futures rather
+/// than as frames and confirm slots in lapin, whose queues keep the capacity a burst gave them
+/// for the life of the connection: three frames a publish, so 256 in flight left a frame queue
+/// of 1024 entries (384 KiB) on each publishing connection after 10 000 calls at once, and 64
+/// leave a quarter of it. Calls, casts, fanout and notifications measured the same with 64 as
+/// with 256 and 1024 on a local broker; 32 carried fewer casts.
+pub const DEFAULT_MAX_UNCONFIRMED_PUBLISHES: usize = 64;
 /// Bounds of `max_unconfirmed_publishes`: none would never publish, and the window is what
 /// bounds the frames lapin queues (and keeps) per connection.
 pub(super) const UNCONFIRMED_PUBLISHES_BOUNDS: (usize, usize) = (1, 4096);
@@ -160,14 +167,8 @@ impl AmqpOptions {
             options.quorum_delivery_limit = v;
         }
         if let Some(v) = url.option_parsed::<u64>("rabbit_transient_queues_ttl")? {
-            let (low, high) = QUEUE_TTL_BOUNDS;
-            if !(low..=high).contains(&v) {
-                return Err(bad_option(
-                    "rabbit_transient_queues_ttl",
-                    &v.to_string(),
-                    &format!("a whole number of seconds from {low} to {high}"),
-                ));
-            }
+            let key = "rabbit_transient_queues_ttl";
+            let v = within(v, key, QUEUE_TTL_BOUNDS, "a whole number of seconds")?;
             options.transient_queues_ttl = Duration::from_secs(v);
         }
         if let Some(v) = url.option_parsed::<f64>("rabbit_retry_interval")? {
@@ -207,15 +208,9 @@ impl AmqpOptions {
             };
         }
         if let Some(v) = url.option_parsed::<usize>("max_unconfirmed_publishes")? {
-            let (low, high) = UNCONFIRMED_PUBLISHES_BOUNDS;
-            if !(low..=high).contains(&v) {
-                return Err(bad_option(
-                    "max_unconfirmed_publishes",
-                    &v.to_string(),
-                    &format!("a whole number from {low} to {high}"),
-                ));
-            }
-            options.max_unconfirmed_publishes = v;
+            let key = "max_unconfirmed_publishes";
+            options.max_unconfirmed_publishes =
+                within(v, key, UNCONFIRMED_PUBLISHES_BOUNDS, "a whole number")?;
         }
         options.tls = TlsOptions::from_url(url)?;
         Ok(options)
@@ -287,6 +282,25 @@ impl TlsOptions {
             None => files || url.scheme() == Scheme::Amqps,
         };
         Ok(Self { enabled, ..tls })
+    }
+}
+
+/// `value` if it lies within the bounds, else an error naming `key` and saying it takes `what`
+/// from `low` to `high`.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    value: T,
+    key: &str,
+    (low, high): (T, T),
+    what: &str,
+) -> Result<T, UrlError> {
+    if (low..=high).contains(&value) {
+        Ok(value)
+    } else {
+        Err(bad_option(
+            key,
+            &value.to_string(),
+            &format!("{what} from {low} to {high}"),
+        ))
     }
 }
 
