@@ -331,6 +331,8 @@ pub struct TransportStats {
     pub channels_lost: u64,
     /// Declarations of queues or exchanges the broker refused.
     pub declarations_refused: u64,
+    /// Publishing channels taken out of use because a publisher confirm on them was overdue.
+    pub publish_channels_retired: u64,
 }
 
 /// The deliveries of one subscription, in arrival order. Closing it (or dropping it) stops the

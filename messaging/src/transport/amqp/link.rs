@@ -44,6 +44,30 @@ pub(super) struct Session {
     died: Notify,
 }
 
+/// The mandatory requests' channel, held by one request until its confirm is in (dropping
+/// this hands it to the next request).
+pub(super) struct ExclusivePublisher<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<Channel>>,
+    channel: Channel,
+}
+
+impl ExclusivePublisher<'_> {
+    /// Takes the channel out of use and lets the next request open another, while the holder
+    /// keeps this one for the confirm still due on it. Closed when the holder drops it.
+    pub(super) fn retire(mut self) -> Channel {
+        *self.slot = None;
+        self.channel
+    }
+}
+
+impl std::ops::Deref for ExclusivePublisher<'_> {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.channel
+    }
+}
+
 /// What has been declared on a publishing channel, by name, so that a publish checks with a
 /// lookup and no allocation.
 #[derive(Debug, Default)]
@@ -114,9 +138,7 @@ impl Session {
 
     /// The channel for a mandatory request, held by the caller until its confirm is in;
     /// opened (with confirms) when there is none or it closed.
-    pub(super) async fn exclusive_publisher(
-        &self,
-    ) -> Result<tokio::sync::MappedMutexGuard<'_, Channel>, lapin::Error> {
+    pub(super) async fn exclusive_publisher(&self) -> Result<ExclusivePublisher<'_>, lapin::Error> {
         let mut slot = self.exclusive.lock().await;
         let channel = match slot.take() {
             Some(open) if open.status().connected() => open,
@@ -128,20 +150,14 @@ impl Session {
                 channel
             }
         };
-        Ok(tokio::sync::MutexGuard::map(slot, |slot| {
-            slot.insert(channel)
-        }))
+        *slot = Some(channel.clone());
+        Ok(ExclusivePublisher { slot, channel })
     }
 
     /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The
     /// old one is closed a little later, when confirms still in flight on it have come back.
     pub(super) fn discard_publisher(&self, channel: &Arc<Channel>) {
-        let mut slot = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        if slot
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, channel))
-        {
-            *slot = None;
+        if self.retire_publisher(channel) {
             let channel = channel.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(DISCARDED_CHANNEL_GRACE).await;
@@ -150,6 +166,20 @@ impl Session {
                 }
             });
         }
+    }
+
+    /// Stops publishing on `channel` (a confirm on it is overdue): the next publish opens a
+    /// new one. The publishes still waiting on it hold it, and it closes when the last is done.
+    /// False when it was no longer in use.
+    pub(super) fn retire_publisher(&self, channel: &Arc<Channel>) -> bool {
+        let mut slot = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let current = slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, channel));
+        if current {
+            *slot = None;
+        }
+        current
     }
 
     /// The publishing channel if it is open.

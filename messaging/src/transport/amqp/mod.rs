@@ -62,8 +62,11 @@ pub struct AmqpDriver {
     unconfirmed: tokio::sync::Semaphore,
 }
 
-/// How long closing a channel whose confirm never came may take before it is left behind.
-const CONFIRMLESS_CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a publisher confirm may take before the channel it is due on is taken out of use.
+/// A broker confirms in milliseconds, or after seconds when a queue's replicas are slow; past
+/// this, later publishes go to a new channel rather than queue behind one the broker may have
+/// stopped serving. The late publish itself waits on (up to `publish_recovery_timeout`).
+const CONFIRM_OVERDUE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The live counters behind [`TransportStats`], shared by the links and consumers.
 #[derive(Debug, Default)]
@@ -73,6 +76,7 @@ pub(super) struct Counters {
     consumers_restored: AtomicU64,
     channels_lost: AtomicU64,
     declarations_refused: AtomicU64,
+    publish_channels_retired: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +92,7 @@ impl Counters {
             consumers_restored: read(&self.consumers_restored),
             channels_lost: read(&self.channels_lost),
             declarations_refused: read(&self.declarations_refused),
+            publish_channels_retired: read(&self.publish_channels_retired),
         }
     }
 }
@@ -183,7 +188,7 @@ impl AmqpDriver {
         // A mandatory request must learn its own fate (a job's server exists or not); a
         // reply's return only means its caller is gone, so replies keep the shared channel.
         let alone = message.mandatory && !matches!(destination, Destination::Reply { .. });
-        let exclusive = if alone {
+        let mut exclusive = if alone {
             Some(session.exclusive_publisher().await.map_err(lost)?)
         } else {
             None
@@ -212,19 +217,40 @@ impl AmqpDriver {
             )
             .await
             .map_err(lost)?;
-        // A confirm the broker never sends (a queue deleted while the message was on its way
-        // has been seen to leave one pending) must not hold this publish, nor the mandatory
-        // channel every later mandatory request waits for, for ever.
+        let mut confirm = std::pin::pin!(confirm);
         let patience = self.options.publish_recovery_timeout;
-        let Ok(confirmation) = tokio::time::timeout(patience, confirm).await else {
-            match exclusive {
-                // Closed, so that the next mandatory request opens a channel of its own.
-                Some(exclusive) => {
-                    let closing = exclusive.close(200, "publisher confirm overdue".into());
-                    let _ = tokio::time::timeout(CONFIRMLESS_CLOSE_PATIENCE, closing).await;
+        let overdue = CONFIRM_OVERDUE.min(patience);
+        // A mandatory channel taken out of use while its confirm was overdue; this publish
+        // holds it (alone, so a return on it is this message's) and it closes when dropped.
+        let mut retired = None;
+        let confirmation = match tokio::time::timeout(overdue, &mut confirm).await {
+            Ok(confirmation) => Some(confirmation),
+            Err(_) => {
+                // A confirm this late more likely means a channel stuck in the broker than a
+                // slow one: RabbitMQ 3.10 parks a channel whose publish waits on a quorum queue
+                // without a leader (being deleted, or without its majority), and every publish
+                // behind it waits too. Later publishes move to a fresh channel; this one keeps
+                // waiting for its confirm. (Of many late publishes on the shared channel, the
+                // first retires it.)
+                let retired_now = match exclusive.take() {
+                    Some(exclusive) => {
+                        retired = Some(exclusive.retire());
+                        true
+                    }
+                    None => session.retire_publisher(&channel),
+                };
+                if retired_now {
+                    self.counters.add(&self.counters.publish_channels_retired);
+                    tracing::debug!(%destination, ?overdue, "publisher confirm overdue; later publishes use a new channel");
                 }
-                None => session.discard_publisher(&channel),
+                let rest = patience.saturating_sub(overdue);
+                tokio::time::timeout(rest, &mut confirm).await.ok()
             }
+        };
+        // A confirm the broker never sends (a queue deleted while the message was on its way
+        // has been seen to leave one pending) must not hold this publish for ever. The
+        // channel was retired above: nothing else waits behind it.
+        let Some(confirmation) = confirmation else {
             return Err(Attempt::Fail(TransportError::Rejected {
                 destination: destination.to_string(),
                 reason: format!(
@@ -238,12 +264,11 @@ impl AmqpDriver {
             // A channel that was publishing to a quorum queue when its leader died can go on
             // being refused long after a new leader is elected (RabbitMQ 3.10 keeps the
             // channel's view of the queue); a new channel is served at once.
-            match exclusive {
+            if let Some(exclusive) = exclusive {
                 // Nothing else is in flight on it: closed now, reopened by the next request.
-                Some(exclusive) => {
-                    let _ = exclusive.close(200, "refused publishes".into()).await;
-                }
-                None => session.discard_publisher(&channel),
+                let _ = exclusive.close(200, "refused publishes".into()).await;
+            } else if retired.is_none() {
+                session.discard_publisher(&channel);
             }
             return Err(Attempt::Nacked(TransportError::Rejected {
                 destination: destination.to_string(),
