@@ -73,8 +73,8 @@ impl std::io::Write for LogSink {
     }
 }
 
-/// Captures warnings and errors (or `RUST_LOG`) of every test of this binary, once; marks
-/// where the test `what` starts.
+/// Captures the library's info lines and all warnings and errors (or `RUST_LOG`) of every test
+/// of this binary, once; marks where the test `what` starts.
 fn capture_logs(what: &str) {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
@@ -83,7 +83,7 @@ fn capture_logs(what: &str) {
             let _ = LOG_FILE.set(Mutex::new(file));
         }
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tidings=info"))
             .add_directive(
                 tidings::transport::amqp::QUIET_LAPIN_RETURNS
                     .parse()
@@ -298,19 +298,42 @@ impl Table {
 // ---------------------------------------------------------------------------------------------
 // Set-up shared by the scenarios.
 
-/// The cluster (started if need be), this test's vhost, and the guard that restarts killed
-/// nodes; drop order: the guard first, then the vhost.
-async fn setup(what: &'static str) -> (ClusterVhost, Restore) {
+/// The cluster (started if need be), this test's vhost, the guard that restarts killed nodes
+/// and the one that prints the library's log when the test fails; drop order: the log, the
+/// restart, then the vhost.
+async fn setup(what: &'static str) -> (ClusterVhost, Restore, LogOnFailure) {
     let started = Instant::now();
     blocking(cluster).await;
     capture_logs(what);
+    let log = LogOnFailure(log_mark());
     let vhost = blocking(move || ClusterVhost::new(what)).await;
     println!(
         "[cluster] {what}: vhost {} ready in {:.1} s",
         vhost.name(),
         started.elapsed().as_secs_f64()
     );
-    (vhost, Restore)
+    (vhost, Restore, log)
+}
+
+/// Prints, when its test panics, the last lines the library logged since the test began: a
+/// failed run in CI then says what the library saw, not only which figure missed.
+struct LogOnFailure(usize);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        const LAST: usize = 60;
+        let lines = logged_since(self.0, &[]);
+        let skipped = lines.len().saturating_sub(LAST);
+        println!(
+            "[cluster] the library's log during this test ({skipped} earlier lines left out):"
+        );
+        for line in &lines[skipped..] {
+            println!("[cluster]   {}", cut(line, 400));
+        }
+    }
 }
 
 /// A transport on the cluster's multi-host URL with quorum queues.
@@ -416,7 +439,7 @@ fn assert_no_storm(what: &str, (count, rate): (usize, f64)) {
 async fn kill_of_the_topic_queue_leader_under_load() {
     const TOPIC: &str = "cluster-kill";
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("kill").await;
+    let (vhost, _restore, _log) = setup("kill").await;
     let mut table = Table::new("1. kill -9 of the node leading the topic queue");
     let mut load = start_load(vhost.name(), spec(TOPIC)).await;
     load.at(FAULT_AT).await;
@@ -446,7 +469,7 @@ async fn restarted_leader_then_another_node_killed_under_load() {
     /// How long after the first kill its connections are counted, before the restart.
     const FIRST_KILL_WINDOW: Duration = Duration::from_secs(5);
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("second-kill").await;
+    let (vhost, _restore, _log) = setup("second-kill").await;
     let mut table = Table::new("2. the leader killed and restarted, then another node killed");
     let mut load = start_load(vhost.name(), spec(TOPIC)).await;
     load.at(FAULT_AT).await;
@@ -534,7 +557,7 @@ async fn restarted_leader_then_another_node_killed_under_load() {
 async fn operator_deletes_the_topic_queue_under_load() {
     const TOPIC: &str = "cluster-delete";
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("delete").await;
+    let (vhost, _restore, _log) = setup("delete").await;
     let mut table = Table::new("3. operator deletes the server's topic queue");
     let mut load = start_load(
         vhost.name(),
@@ -587,7 +610,7 @@ async fn operator_deletes_the_topic_queue_under_load() {
 async fn a_queue_without_quorum_does_not_hold_the_publishes_behind_it() {
     const VICTIMS: [&str; 2] = ["tdb", "tdc"];
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("minority").await;
+    let (vhost, _restore, _log) = setup("minority").await;
     let mut table = Table::new("3b. a quorum queue loses its majority");
     let note = || OutgoingMessage::new(br#"{"n": 1}"#.to_vec(), "application/json");
     let mandatory = |message: OutgoingMessage| OutgoingMessage {
@@ -686,7 +709,7 @@ async fn peer_redeclares_the_queue_with_other_arguments_while_we_are_away() {
     /// How long the mismatched queue stays before the operator deletes it.
     const MISMATCH: Duration = Duration::from_secs(6);
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("redeclare").await;
+    let (vhost, _restore, _log) = setup("redeclare").await;
     let mut table = Table::new("4. peer redeclares the topic queue (classic) while we are away");
     let name = vhost.name().to_owned();
     let peer_user = format!("peer-{name}");
@@ -847,7 +870,7 @@ async fn classic_queues_fail_over_when_their_node_dies() {
     const TOPIC: &str = "cluster-classic";
     const VICTIM: &str = "tda";
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("classic").await;
+    let (vhost, _restore, _log) = setup("classic").await;
     let mut table = Table::new("6. classic queues: kill -9 of the node they live on");
     let url = cluster().url(vhost.name(), "");
     let (server_side, client_side) = (
@@ -1016,7 +1039,7 @@ async fn demo_server_refused(binary: &PathBuf, url: &str) -> (std::process::Outp
 async fn tls_demo_server_called_from_python_and_wrong_ca_refused() {
     const TOPIC: &str = "cluster-tls";
     let _serial = SERIAL.lock().await;
-    let (vhost, _restore) = setup("tls").await;
+    let (vhost, _restore, _log) = setup("tls").await;
     let name = vhost.name().to_owned();
     let binary = blocking(tidings_binary).await;
     let c = cluster();

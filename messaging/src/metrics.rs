@@ -14,6 +14,7 @@
 //! | `tidings_redeliveries_total` | counter | |
 //! | `tidings_dead_lettered_total` | counter | |
 //! | `tidings_amqp_reconnects_total` | counter | |
+//! | `tidings_amqp_publish_channels_retired_total` | counter | |
 //!
 //! Label values are bounded: a server labels only the methods its endpoints declare (anything
 //! a peer names that no endpoint has is [`UNKNOWN_METHOD`]), and outcomes are the constants
@@ -53,6 +54,8 @@ pub const REDELIVERIES: &str = "tidings_redeliveries_total";
 pub const DEAD_LETTERED: &str = "tidings_dead_lettered_total";
 /// AMQP connections opened again after one was lost.
 pub const AMQP_RECONNECTS: &str = "tidings_amqp_reconnects_total";
+/// Publishing channels taken out of use because a publisher confirm on them was overdue.
+pub const AMQP_PUBLISH_CHANNELS_RETIRED: &str = "tidings_amqp_publish_channels_retired_total";
 
 /// The `method` label of requests for a method no endpoint declares.
 pub const UNKNOWN_METHOD: &str = "_unknown";
@@ -106,6 +109,10 @@ pub fn describe() {
     describe_counter!(
         AMQP_RECONNECTS,
         "AMQP connections re-established after a loss"
+    );
+    describe_counter!(
+        AMQP_PUBLISH_CHANNELS_RETIRED,
+        "Publishing channels retired because a publisher confirm on them was overdue"
     );
 }
 

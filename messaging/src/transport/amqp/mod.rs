@@ -241,7 +241,8 @@ impl AmqpDriver {
                 };
                 if retired_now {
                     self.counters.add(&self.counters.publish_channels_retired);
-                    tracing::debug!(%destination, ?overdue, "publisher confirm overdue; later publishes use a new channel");
+                    crate::metrics::count(crate::metrics::AMQP_PUBLISH_CHANNELS_RETIRED);
+                    tracing::info!(%destination, ?overdue, "publisher confirm overdue; later publishes use a new channel");
                 }
                 let rest = patience.saturating_sub(overdue);
                 tokio::time::timeout(rest, &mut confirm).await.ok()
