@@ -37,7 +37,7 @@ pub(super) struct Session {
     /// lapin hands a returned message to whichever confirm of the channel completes next, so
     /// on a shared channel one request's return could fail another request (and pass itself
     /// off as routed); alone on its channel a request can only be handed its own.
-    exclusive: Mutex<Option<Channel>>,
+    exclusive: Arc<Mutex<Option<Channel>>>,
     /// Exchanges and queues declared on the current publishing channel.
     declared: std::sync::Mutex<Declared>,
     dead: AtomicBool,
@@ -46,21 +46,48 @@ pub(super) struct Session {
 
 /// The mandatory requests' channel, held by one request until its confirm is in (dropping
 /// this hands it to the next request).
-pub(super) struct ExclusivePublisher<'a> {
-    slot: tokio::sync::MutexGuard<'a, Option<Channel>>,
+pub(super) struct ExclusivePublisher {
+    slot: tokio::sync::OwnedMutexGuard<Option<Channel>>,
     channel: Channel,
+    home: Arc<Mutex<Option<Channel>>>,
 }
 
-impl ExclusivePublisher<'_> {
+impl ExclusivePublisher {
     /// Takes the channel out of use and lets the next request open another, while the holder
     /// keeps this one for the confirm still due on it. Closed when the holder drops it.
     pub(super) fn retire(mut self) -> Channel {
         *self.slot = None;
         self.channel
     }
+
+    /// What retires this channel later, after its holder is gone, if it is still in use then.
+    pub(super) fn handle(&self) -> ExclusiveHandle {
+        ExclusiveHandle {
+            home: self.home.clone(),
+            id: self.channel.id(),
+        }
+    }
 }
 
-impl std::ops::Deref for ExclusivePublisher<'_> {
+/// The mandatory requests' channel as one publish on it knew it, for retiring it later.
+pub(super) struct ExclusiveHandle {
+    home: Arc<Mutex<Option<Channel>>>,
+    id: lapin::types::ChannelId,
+}
+
+impl ExclusiveHandle {
+    /// Takes the channel out of use unless it was already replaced; whether it was.
+    pub(super) async fn retire(self) -> bool {
+        let mut slot = self.home.lock().await;
+        let current = slot.as_ref().is_some_and(|open| open.id() == self.id);
+        if current {
+            *slot = None;
+        }
+        current
+    }
+}
+
+impl std::ops::Deref for ExclusivePublisher {
     type Target = Channel;
 
     fn deref(&self) -> &Channel {
@@ -138,8 +165,8 @@ impl Session {
 
     /// The channel for a mandatory request, held by the caller until its confirm is in;
     /// opened (with confirms) when there is none or it closed.
-    pub(super) async fn exclusive_publisher(&self) -> Result<ExclusivePublisher<'_>, lapin::Error> {
-        let mut slot = self.exclusive.lock().await;
+    pub(super) async fn exclusive_publisher(&self) -> Result<ExclusivePublisher, lapin::Error> {
+        let mut slot = self.exclusive.clone().lock_owned().await;
         let channel = match slot.take() {
             Some(open) if open.status().connected() => open,
             _ => {
@@ -151,7 +178,11 @@ impl Session {
             }
         };
         *slot = Some(channel.clone());
-        Ok(ExclusivePublisher { slot, channel })
+        Ok(ExclusivePublisher {
+            slot,
+            channel,
+            home: self.exclusive.clone(),
+        })
     }
 
     /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The
@@ -405,7 +436,7 @@ impl Keeper {
             connection,
             publisher: std::sync::Mutex::new(None),
             opening: Mutex::new(()),
-            exclusive: Mutex::new(None),
+            exclusive: Arc::default(),
             declared: Default::default(),
             dead: AtomicBool::new(false),
             died: Notify::new(),

@@ -27,7 +27,7 @@ pub use options::{
 
 use self::consume::{ConsumerSpec, Feed};
 use self::declare::{ExchangeSpec, QueueSpec};
-use self::link::{Backoff, Declaration, Link, Session};
+use self::link::{Backoff, Declaration, ExclusiveHandle, Link, Session};
 use super::driver::{
     CloseHook, ConsumeOptions, ConsumerHealth, Delivery, DeliverySink, Destination, Driver, Inbox,
     OutgoingMessage, Subscription, TransportStats,
@@ -84,6 +84,11 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn retired_publish_channel(&self) {
+        self.add(&self.publish_channels_retired);
+        crate::metrics::count(crate::metrics::AMQP_PUBLISH_CHANNELS_RETIRED);
+    }
+
     fn snapshot(&self) -> TransportStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         TransportStats {
@@ -106,6 +111,53 @@ enum Attempt {
     Nacked(TransportError),
     /// A final answer.
     Fail(TransportError),
+}
+
+/// A publish's confirm, awaited by the publish. On the mandatory requests' channel it also
+/// outlives a publish whose caller gave up first (a call that timed out): if the confirm is
+/// then still due when it becomes overdue, the channel is retired, so that requests whose
+/// callers all give up sooner than that do not queue one after another behind a parked channel.
+struct ConfirmWatch {
+    /// `None` once it resolved.
+    confirm: Option<lapin::PublisherConfirm>,
+    retire_if_abandoned: Option<(ExclusiveHandle, Arc<Counters>)>,
+    overdue_at: tokio::time::Instant,
+}
+
+impl ConfirmWatch {
+    /// The confirm, if it comes by `deadline`.
+    async fn until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<lapin::Result<lapin::Confirmation>> {
+        let confirm = self.confirm.as_mut()?;
+        let outcome = tokio::time::timeout_at(deadline, confirm).await.ok();
+        if outcome.is_some() {
+            self.confirm = None;
+        }
+        outcome
+    }
+}
+
+impl Drop for ConfirmWatch {
+    fn drop(&mut self) {
+        let (Some(confirm), Some((channel, counters))) =
+            (self.confirm.take(), self.retire_if_abandoned.take())
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let overdue_at = self.overdue_at;
+        runtime.spawn(async move {
+            let late = tokio::time::timeout_at(overdue_at, confirm).await.is_err();
+            if late && channel.retire().await {
+                counters.retired_publish_channel();
+                tracing::info!("a mandatory publish's confirm is overdue after its caller gave up; later mandatory publishes use a new channel");
+            }
+        });
+    }
 }
 
 impl AmqpDriver {
@@ -217,21 +269,29 @@ impl AmqpDriver {
             )
             .await
             .map_err(lost)?;
-        let mut confirm = std::pin::pin!(confirm);
         let patience = self.options.publish_recovery_timeout;
         let overdue = CONFIRM_OVERDUE.min(patience);
+        let sent = tokio::time::Instant::now();
+        let mut confirm = ConfirmWatch {
+            confirm: Some(confirm),
+            retire_if_abandoned: exclusive
+                .as_ref()
+                .map(|exclusive| (exclusive.handle(), self.counters.clone())),
+            overdue_at: sent + overdue,
+        };
         // A mandatory channel taken out of use while its confirm was overdue; this publish
         // holds it (alone, so a return on it is this message's) and it closes when dropped.
         let mut retired = None;
-        let confirmation = match tokio::time::timeout(overdue, &mut confirm).await {
-            Ok(confirmation) => Some(confirmation),
-            Err(_) => {
+        let confirmation = match confirm.until(sent + overdue).await {
+            Some(confirmation) => Some(confirmation),
+            None => {
                 // A confirm this late more likely means a channel stuck in the broker than a
                 // slow one: RabbitMQ 3.10 parks a channel whose publish waits on a quorum queue
                 // without a leader (being deleted, or without its majority), and every publish
                 // behind it waits too. Later publishes move to a fresh channel; this one keeps
                 // waiting for its confirm. (Of many late publishes on the shared channel, the
                 // first retires it.)
+                confirm.retire_if_abandoned = None;
                 let retired_now = match exclusive.take() {
                     Some(exclusive) => {
                         retired = Some(exclusive.retire());
@@ -240,12 +300,10 @@ impl AmqpDriver {
                     None => session.retire_publisher(&channel),
                 };
                 if retired_now {
-                    self.counters.add(&self.counters.publish_channels_retired);
-                    crate::metrics::count(crate::metrics::AMQP_PUBLISH_CHANNELS_RETIRED);
+                    self.counters.retired_publish_channel();
                     tracing::info!(%destination, ?overdue, "publisher confirm overdue; later publishes use a new channel");
                 }
-                let rest = patience.saturating_sub(overdue);
-                tokio::time::timeout(rest, &mut confirm).await.ok()
+                confirm.until(sent + patience).await
             }
         };
         // A confirm the broker never sends (a queue deleted while the message was on its way
