@@ -27,6 +27,7 @@ use tidings::rpc::{Endpoint, RpcClient, RpcServer};
 use tidings::transport::{Destination, OutgoingMessage, TransportError};
 use tidings::{Context, Target, Transport};
 use tidings_suites::cluster::{blocking, cluster, ClusterVhost, Restore, NODES};
+use tidings_suites::eventually;
 use tidings_suites::load::{Figures, Load, LoadSpec};
 use tidings_suites::python::rpc_client_at;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -651,14 +652,12 @@ async fn a_queue_without_quorum_does_not_hold_the_publishes_behind_it() {
         park(mandatory(note()), Duration::from_secs(1)),
     ];
     let waited = Instant::now();
-    while publishing.stats().publish_channels_retired < 2 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(15),
-            "{} publishing channels retired 15 s after publishes to a queue without quorum",
-            publishing.stats().publish_channels_retired,
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let retired = || publishing.stats().publish_channels_retired;
+    assert!(
+        eventually(Duration::from_secs(15), || retired() >= 2).await,
+        "{} publishing channels retired 15 s after publishes to a queue without quorum",
+        retired(),
+    );
     table.row(
         "both channels retired after",
         format!("{:.2} s", waited.elapsed().as_secs_f64()),

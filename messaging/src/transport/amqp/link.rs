@@ -49,7 +49,6 @@ pub(super) struct Session {
 pub(super) struct ExclusivePublisher {
     slot: tokio::sync::OwnedMutexGuard<Option<Channel>>,
     channel: Channel,
-    home: Arc<Mutex<Option<Channel>>>,
 }
 
 impl ExclusivePublisher {
@@ -63,7 +62,7 @@ impl ExclusivePublisher {
     /// What retires this channel later, after its holder is gone, if it is still in use then.
     pub(super) fn handle(&self) -> ExclusiveHandle {
         ExclusiveHandle {
-            home: self.home.clone(),
+            home: tokio::sync::OwnedMutexGuard::mutex(&self.slot).clone(),
             id: self.channel.id(),
         }
     }
@@ -178,11 +177,7 @@ impl Session {
             }
         };
         *slot = Some(channel.clone());
-        Ok(ExclusivePublisher {
-            slot,
-            channel,
-            home: self.exclusive.clone(),
-        })
+        Ok(ExclusivePublisher { slot, channel })
     }
 
     /// Stops publishing on `channel` (it was refused): the next publish opens a new one. The

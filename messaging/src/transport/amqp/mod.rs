@@ -272,17 +272,18 @@ impl AmqpDriver {
         let patience = self.options.publish_recovery_timeout;
         let overdue = CONFIRM_OVERDUE.min(patience);
         let sent = tokio::time::Instant::now();
+        let overdue_at = sent + overdue;
         let mut confirm = ConfirmWatch {
             confirm: Some(confirm),
             retire_if_abandoned: exclusive
                 .as_ref()
                 .map(|exclusive| (exclusive.handle(), self.counters.clone())),
-            overdue_at: sent + overdue,
+            overdue_at,
         };
         // A mandatory channel taken out of use while its confirm was overdue; this publish
         // holds it (alone, so a return on it is this message's) and it closes when dropped.
         let mut retired = None;
-        let confirmation = match confirm.until(sent + overdue).await {
+        let confirmation = match confirm.until(overdue_at).await {
             Some(confirmation) => Some(confirmation),
             None => {
                 // A confirm this late more likely means a channel stuck in the broker than a
