@@ -441,6 +441,7 @@ impl State {
             self.begin_dying(shared);
         }
         if self.dying {
+            self.stop_unneeded();
             self.finish_if_idle(shared);
             return;
         }
@@ -484,11 +485,32 @@ impl State {
             return;
         }
         self.dying = true;
-        let names: Vec<String> = self.slots.keys().cloned().collect();
-        for name in names {
+        self.stop_unneeded();
+        self.finish_if_idle(shared);
+    }
+
+    /// While dying: stops every worker that no live worker depends on. An input outlives its
+    /// dependents, so that a worker stopping cleanly can still use what it was given (an
+    /// evaluator announces its leaving on the transport its input holds open).
+    fn stop_unneeded(&mut self) {
+        let unneeded: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| !self.has_live_dependent(name))
+            .cloned()
+            .collect();
+        for name in unneeded {
             self.request_stop(&name);
         }
-        self.finish_if_idle(shared);
+    }
+
+    /// Whether a worker that depends on `name` is running or starting.
+    fn has_live_dependent(&self, name: &str) -> bool {
+        self.dependents.get(name).is_some_and(|dependents| {
+            dependents
+                .iter()
+                .any(|dependent| self.slots.get(dependent).is_some_and(|s| !s.is_stopped()))
+        })
     }
 
     fn finish_if_idle(&mut self, shared: &Shared) {

@@ -361,6 +361,60 @@ async fn getter_expires_when_the_start_returns() {
     ));
 }
 
+/// An engine that dies stops dependents before their inputs: a worker that takes a while to stop
+/// cleanly (announcing its leaving on a connection its input holds) still has that input.
+#[tokio::test(start_paused = true)]
+async fn kill_stops_dependents_before_their_inputs() {
+    let engine = engine();
+    let mut transport = Probe::new("transport");
+    let mut client = Probe::new("client");
+    engine
+        .install("transport", transport.manifold(&[]))
+        .unwrap();
+    let _transport_worker = transport.expect_started().await;
+    engine
+        .install("client", client.manifold(&["transport"]))
+        .unwrap();
+    let _client_worker = client.expect_started().await;
+    // "leaver" says goodbye for a second when stopped, and looks whether its input still runs.
+    let (sender, mut said) = mpsc::unbounded_channel();
+    let watching = engine.clone();
+    engine
+        .install(
+            "leaver",
+            Manifold::new(move |_, getter: Getter| {
+                let (sender, engine) = (sender.clone(), watching.clone());
+                async move {
+                    getter.ensure_running("client")?;
+                    Ok(TaskWorker::spawn(move |stop| async move {
+                        stop.cancelled().await;
+                        sleep(Duration::from_secs(1)).await;
+                        let state = engine.report().manifolds["client"].state;
+                        sender.send((Instant::now(), state)).unwrap();
+                        Ok(())
+                    }))
+                }
+            })
+            .with_inputs(["client"]),
+        )
+        .unwrap();
+    sleep(Duration::from_millis(100)).await;
+
+    let killed = Instant::now();
+    engine.kill();
+    let (left, client_state) = said.recv().await.unwrap();
+    assert_eq!(
+        client_state,
+        ManifoldState::Started,
+        "the input outlives its dependent"
+    );
+    let client_stopped = client.expect_killed().await;
+    let transport_stopped = transport.expect_killed().await;
+    assert_eq!(left, killed + Duration::from_secs(1));
+    assert!(left <= client_stopped && client_stopped <= transport_stopped);
+    engine.wait().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Starts that block
 
