@@ -1,14 +1,18 @@
 //! What tidings declares on RabbitMQ, read back from the broker: names, types, flags and
 //! arguments must equal oslo.messaging's, or the broker refuses one side of a mixed deployment.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tidings::notify::{
+    IncomingNotification, NotificationEndpoint, NotificationListener, Notifier, Outcome, Priority,
+};
 use tidings::rpc::{RpcClient, RpcServer};
 use tidings::transport::{Destination, OutgoingMessage};
 use tidings::{Context, Target};
-use tidings_suites::{rabbitmqctl, test_endpoint, Bus};
+use tidings_suites::{eventually, rabbitmqctl, test_endpoint, Bus};
 
 fn listing(what: &str, vhost: &str, columns: &[&str]) -> Vec<Value> {
     let mut args = vec![what, "-p", vhost];
@@ -197,6 +201,79 @@ async fn quorum_and_durable_options_use_oslo_arguments() {
         arguments.contains(&json!(["x-delivery-limit", "signedint", 5])),
         "{arguments:?}"
     );
+    server.stop(Duration::from_secs(5)).await;
+    transport.close().await;
+}
+
+/// Messages on `queue` the broker has delivered and not seen acknowledged, polled until they
+/// are none or `limit` runs out; the last count.
+async fn unacknowledged_after(vhost: &str, queue: &str, limit: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (vhost, name) = (vhost.to_owned(), queue.to_owned());
+        let rows = tokio::task::spawn_blocking(move || {
+            listing("list_queues", &vhost, &["name", "messages_unacknowledged"])
+        })
+        .await
+        .unwrap();
+        let unacknowledged = find(&rows, &name)["messages_unacknowledged"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        if unacknowledged == 0 || tokio::time::Instant::now() >= deadline {
+            return unacknowledged;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Acknowledgements wait a moment for company, to share a frame; a lone one still reaches the
+/// broker, for a server's request and for a listener's notification alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_delivery_is_acknowledged_without_waiting_for_company() {
+    let bus = Bus::amqp();
+    let vhost = bus.vhost().unwrap();
+    let transport = bus.transport().await;
+    let server = RpcServer::builder(&transport, Target::topic("lone"))
+        .endpoint(test_endpoint("lone", Arc::default()))
+        .start()
+        .await
+        .unwrap();
+    let client = RpcClient::new(&transport, Target::topic("lone"));
+    let echoed: Value = client
+        .call(&Context::new(), "echo", json!({"x": 7}))
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!(7));
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counted = handled.clone();
+    let endpoint =
+        NotificationEndpoint::new().on(Priority::Info, move |_: IncomingNotification| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, String>(Outcome::Handled) }
+        });
+    let listener = NotificationListener::builder(&transport, vec![Target::topic("lone")])
+        .endpoint(endpoint)
+        .start()
+        .await
+        .unwrap();
+    Notifier::new(&transport, "lone.host")
+        .topics(["lone"])
+        .info(&Context::new(), "lone.event", json!({}))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || handled.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the notification was not handled"
+    );
+
+    // Both consumers stay open: what is acknowledged here was sent while they ran.
+    let limit = Duration::from_secs(10);
+    assert_eq!(unacknowledged_after(vhost, "lone", limit).await, 0);
+    assert_eq!(unacknowledged_after(vhost, "lone.info", limit).await, 0);
+    listener.stop(Duration::from_secs(5)).await;
     server.stop(Duration::from_secs(5)).await;
     transport.close().await;
 }

@@ -25,7 +25,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 
-use super::acks::AckBatcher;
+use super::acks::{AckBatcher, AckPolicy};
 use super::declare::QueueSpec;
 use super::link::{Backoff, Link, Session, STABLE_SESSION};
 use super::Counters;
@@ -43,8 +43,8 @@ pub(super) struct ConsumerSpec {
     /// prefetch that keeps a flood of unsolicited replies in the broker; it holds its
     /// acknowledgements back instead (`ack_hold`), so a call still costs no frame for them.
     pub(super) auto_ack: bool,
-    /// Acknowledgements recorded before the consumer task sends them (see [`AckBatcher::new`]).
-    pub(super) ack_hold: usize,
+    /// When the consumer task sends the acknowledgements recorded (see [`AckBatcher::new`]).
+    pub(super) ack_policy: AckPolicy,
     /// Where requeued and dead-lettered messages are published from.
     pub(super) republisher: Arc<Republisher>,
     /// Which queues are without a consumer now; read by the inbox's owner.
@@ -460,7 +460,11 @@ async fn consume_on(
         .map(|queue| Arc::from(queue.name.as_str()))
         .collect();
     // Every delivery settles through this; acknowledgements are sent in batches by this task.
-    let acks = Arc::new(AckBatcher::new(channel.clone(), spec.ack_hold));
+    let acks = Arc::new(AckBatcher::new(channel.clone(), spec.ack_policy));
+    // The end of the linger of the acknowledgements recorded, while some are.
+    let flush_due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush_due);
+    let mut lingering = false;
     let mut check = tokio::time::interval_at(
         tokio::time::Instant::now() + QUEUE_CHECK_INTERVAL,
         QUEUE_CHECK_INTERVAL,
@@ -512,6 +516,23 @@ async fn consume_on(
             }
             () = feed.closed() => break Ended::InboxClosed,
             () = acks.wait_pending() => {
+                let policy = acks.policy();
+                match policy.linger {
+                    Some(linger) if !policy.is_due(acks.recorded()) => {
+                        if !lingering {
+                            lingering = true;
+                            flush_due.as_mut().reset(tokio::time::Instant::now() + linger);
+                        }
+                    }
+                    _ => {
+                        lingering = false;
+                        acks.flush();
+                    }
+                }
+                continue;
+            }
+            () = &mut flush_due, if lingering => {
+                lingering = false;
                 acks.flush();
                 continue;
             }
@@ -592,7 +613,10 @@ async fn consume_on(
         let permit = loop {
             tokio::select! {
                 permit = sender.reserve() => break permit,
-                () = acks.wait_pending() => acks.flush(),
+                () = acks.wait_pending() => {
+                    lingering = false;
+                    acks.flush();
+                }
             }
         };
         match permit {

@@ -25,6 +25,7 @@ pub use options::{
     AmqpOptions, DeadLetterOverflow, TlsOptions, DEFAULT_MAX_UNCONFIRMED_PUBLISHES, KNOWN_OPTIONS,
 };
 
+use self::acks::AckPolicy;
 use self::consume::{ConsumerSpec, Feed};
 use self::declare::{ExchangeSpec, QueueSpec};
 use self::link::{Backoff, Declaration, ExclusiveHandle, Link, Session};
@@ -392,7 +393,7 @@ impl AmqpDriver {
         prefetch: u16,
         resubscribe: bool,
         auto_ack: bool,
-        ack_hold: usize,
+        ack_policy: AckPolicy,
         sink: Option<Arc<dyn DeliverySink>>,
     ) -> Result<(mpsc::Receiver<Delivery>, Arc<ConsumerHealth>), TransportError> {
         let (feed, receiver) = match sink {
@@ -411,7 +412,7 @@ impl AmqpDriver {
             prefetch,
             resubscribe,
             auto_ack,
-            ack_hold,
+            ack_policy,
             republisher: self.republisher.clone(),
             health: health.clone(),
             counters: self.counters.clone(),
@@ -446,7 +447,10 @@ impl AmqpDriver {
                 REPLY_PREFETCH,
                 false,
                 false,
-                usize::from(REPLY_PREFETCH / 4),
+                AckPolicy {
+                    hold: usize::from(REPLY_PREFETCH / 4),
+                    linger: None,
+                },
                 sink,
             )
             .await?;
@@ -560,7 +564,14 @@ impl Driver for AmqpDriver {
             .map(|queue| QueueSpec::of(queue, &self.options))
             .collect();
         let (receiver, health) = self
-            .consume(queues, options.prefetch, true, false, 1, None)
+            .consume(
+                queues,
+                options.prefetch,
+                true,
+                false,
+                AckPolicy::lingering(options.prefetch),
+                None,
+            )
             .await?;
         let on_close = plan
             .delete_on_close
