@@ -41,7 +41,7 @@ pub(super) struct ConsumerSpec {
     pub(super) resubscribe: bool,
     /// Consume without acknowledgements (`no_ack`). The reply queue gave this up for a
     /// prefetch that keeps a flood of unsolicited replies in the broker; it holds its
-    /// acknowledgements back instead (`ack_hold`), so a call still costs no frame for them.
+    /// acknowledgements back instead (`ack_policy`), so a call still costs no frame for them.
     pub(super) auto_ack: bool,
     /// When the consumer task sends the acknowledgements recorded (see [`AckBatcher::new`]).
     pub(super) ack_policy: AckPolicy,
