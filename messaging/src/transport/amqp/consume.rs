@@ -461,7 +461,8 @@ async fn consume_on(
         .collect();
     // Every delivery settles through this; acknowledgements are sent in batches by this task.
     let acks = Arc::new(AckBatcher::new(channel.clone(), spec.ack_policy));
-    // The end of the linger of the acknowledgements recorded, while some are.
+    // The deadline of the acknowledgements lingering for company: one timer, reset when a
+    // linger starts and heeded only while one runs (as a notification batch's deadline is).
     let flush_due = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(flush_due);
     let mut lingering = false;
