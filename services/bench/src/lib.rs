@@ -19,6 +19,7 @@
 mod agents;
 mod baseline;
 mod child;
+pub mod cpu;
 mod harness;
 pub mod oslo;
 pub mod scale;
@@ -31,7 +32,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tidings::TransportUrl;
@@ -184,6 +185,10 @@ pub struct Row {
     pub ratio: f64,
     /// The unit of both figures.
     pub unit: &'static str,
+    /// CPU time per delivery (or call) of each side's best round, this process's and the
+    /// broker's: where the cost of a message lies.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu: BTreeMap<&'static str, cpu::CpuCost>,
 }
 
 /// The memory section (VmRSS of this process, KiB).
@@ -322,6 +327,7 @@ impl Report {
                     row.scenario, row.tidings, row.baseline, unconfirmed, row.unit, row.ratio
                 );
             }
+            cpu_table(&self.rows, &mut out);
         }
         if let Some(oslo) = &self.oslo {
             oslo_table(oslo, &mut out);
@@ -584,9 +590,49 @@ impl Report {
     }
 }
 
+/// CPU time per delivery of each row's sides, this process's and the broker's, under the
+/// scenario table; nothing when no row has any.
+fn cpu_table(rows: &[Row], out: &mut String) {
+    if rows.iter().all(|row| row.cpu.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\ncpu: µs of CPU per delivery (per call for call-1 and call-64) in the best round, \
+         this process (client and server) + the broker"
+    );
+    let _ = writeln!(
+        out,
+        "{:<32} {:>17} {:>17} {:>17}",
+        "scenario", "tidings", "baseline", "unconfirmed"
+    );
+    let side = |row: &Row, key: &str| {
+        row.cpu
+            .get(key)
+            .map_or("-".to_owned(), |cost| match cost.broker_us {
+                Some(broker) => format!("{:.1} + {broker:.1}", cost.process_us),
+                None => format!("{:.1}", cost.process_us),
+            })
+    };
+    for row in rows.iter().filter(|row| !row.cpu.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{:<32} {:>17} {:>17} {:>17}",
+            format!("cpu {}", row.scenario),
+            side(row, "tidings"),
+            side(row, "baseline"),
+            side(row, "baseline_unconfirmed"),
+        );
+    }
+}
+
 /// What every side of every scenario shares: the broker, the time per side, fresh names.
 #[derive(Debug)]
 pub(crate) struct Env {
+    /// The local broker's OS process, whose CPU time the scenarios' figures include.
+    broker_pid: Option<u32>,
+    /// The CPU cost of the last measurement, taken by the scenario loop after each side.
+    cost: std::sync::Mutex<Option<cpu::CpuCost>>,
     url: TransportUrl,
     duration: Duration,
     sequence: AtomicU64,
@@ -631,7 +677,22 @@ impl Env {
         Fut: std::future::Future<Output = Result<()>>,
     {
         harness::pump_within(self.warm_up(), copies, backlog, tally, &mut publish).await?;
-        harness::pump_within(self.duration, copies, backlog, tally, publish).await
+        let meter = cpu::CpuMeter::start(self.broker_pid);
+        let started = Instant::now();
+        let rate = harness::pump_within(self.duration, copies, backlog, tally, publish).await?;
+        self.record_cost(meter.per_unit(rate * started.elapsed().as_secs_f64()));
+        Ok(rate)
+    }
+
+    /// Keeps the CPU cost of the measurement that just ended, for [`take_cost`]
+    /// (Self::take_cost).
+    fn record_cost(&self, cost: Option<cpu::CpuCost>) {
+        *self.cost.lock().unwrap_or_else(|e| e.into_inner()) = cost;
+    }
+
+    /// The CPU cost of the last measurement, once.
+    fn take_cost(&self) -> Option<cpu::CpuCost> {
+        self.cost.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// `call-1` (µs per call) or, when `concurrent`, `call-64` (calls/s), after a warm-up.
@@ -641,11 +702,17 @@ impl Env {
         Fut: std::future::Future<Output = Result<()>>,
     {
         harness::latency(self.warm_up(), &mut call).await?;
-        if concurrent {
-            harness::throughput(self.duration, |_| call()).await
+        let meter = cpu::CpuMeter::start(self.broker_pid);
+        let started = Instant::now();
+        let (figure, calls_per_second) = if concurrent {
+            let rate = harness::throughput(self.duration, |_| call()).await?;
+            (rate, rate)
         } else {
-            harness::latency(self.duration, call).await
-        }
+            let micros = harness::latency(self.duration, call).await?;
+            (micros, 1e6 / micros)
+        };
+        self.record_cost(meter.per_unit(calls_per_second * started.elapsed().as_secs_f64()));
+        Ok(figure)
     }
 
     /// A fresh file in this run's scratch directory.
@@ -778,6 +845,15 @@ impl Side {
         }
     }
 
+    /// The key of this side's figures in a row's JSON (as the row's own fields name them).
+    fn json_key(self) -> &'static str {
+        match self {
+            Side::Tidings => "tidings",
+            Side::Baseline => "baseline",
+            Side::Unconfirmed => "baseline_unconfirmed",
+        }
+    }
+
     /// Whether `--side` lets this side run: `baseline` covers both bare-lapin sides.
     fn selected(self, only: Option<&str>) -> bool {
         match only {
@@ -871,7 +947,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
     let scratch =
         std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
+    // Only the default local broker's node is asked for: another URL may name a remote one.
+    let broker_pid = vhost.as_ref().and_then(|_| cpu::local_broker_pid());
     let env = Env {
+        broker_pid,
+        cost: std::sync::Mutex::new(None),
         url,
         duration: config.duration,
         sequence: AtomicU64::new(0),
@@ -940,6 +1020,7 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
     for (scenario, wire) in selected {
         let name = format!("{}/{}", scenario.name(), wire.name());
         let mut best: BTreeMap<Side, f64> = BTreeMap::new();
+        let mut best_cost: BTreeMap<Side, cpu::CpuCost> = BTreeMap::new();
         let sides = sides(scenario);
         for round in 0..rounds {
             // Rotate which side goes first, so none always gets the warmer machine.
@@ -955,12 +1036,21 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
                     Side::Unconfirmed => baseline::run_unconfirmed(env, scenario, wire).await,
                 }
                 .map_err(|e| BenchError(format!("{name} ({}): {e}", side.name())))?;
-                let kept = best.entry(side).or_insert(figure);
-                *kept = if scenario.lower_is_better() {
-                    kept.min(figure)
-                } else {
-                    kept.max(figure)
-                };
+                let cost = env.take_cost();
+                let better = best.get(&side).is_none_or(|kept| {
+                    if scenario.lower_is_better() {
+                        figure < *kept
+                    } else {
+                        figure > *kept
+                    }
+                });
+                if better {
+                    best.insert(side, figure);
+                    match cost {
+                        Some(cost) => best_cost.insert(side, cost),
+                        None => best_cost.remove(&side),
+                    };
+                }
             }
         }
         let figure = |side| best.get(&side).copied();
@@ -973,6 +1063,10 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
             baseline_unconfirmed: figure(Side::Unconfirmed),
             ratio: tidings / baseline,
             unit: scenario.unit(),
+            cpu: best_cost
+                .into_iter()
+                .map(|(side, cost)| (side.json_key(), cost))
+                .collect(),
         });
     }
     if let Some(python) = oslo_python {

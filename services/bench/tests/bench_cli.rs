@@ -57,6 +57,8 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
     assert!(stdout.contains("lower is better") && stdout.contains("higher is better"));
 
     let object = json.as_object().unwrap();
+    // CPU µs per delivery summed over every row: this process's, the broker's.
+    let mut cpu_seen = [0.0_f64; 2];
     for scenario in SCENARIOS {
         for codec in ["json", "msgpack"] {
             let name = format!("{scenario}/{codec}");
@@ -99,8 +101,32 @@ fn quick_bench_prints_the_table_and_writes_the_json() {
             );
             let ratio = entry["tidings"].as_f64().unwrap() / entry["baseline"].as_f64().unwrap();
             assert!((ratio - entry["ratio"].as_f64().unwrap()).abs() < 1e-9);
+            // CPU per delivery of each side that ran, this process's and the local broker's.
+            let mut sides = vec!["tidings", "baseline"];
+            if unconfirmed {
+                sides.push("baseline_unconfirmed");
+            }
+            for side in sides {
+                for part in ["process_us", "broker_us"] {
+                    let n = entry["cpu"][side][part]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{name}.cpu.{side}.{part}"));
+                    assert!(n.is_finite() && n >= 0.0, "{name}.cpu.{side}.{part} = {n}");
+                    cpu_seen[usize::from(part == "broker_us")] += n;
+                }
+            }
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("cpu {name} "))),
+                "no cpu row for {name} in\n{stdout}"
+            );
         }
     }
+    // Clock ticks are 10 ms: a quick side may spend less than one, but not every side of
+    // every scenario on both sides of the socket.
+    assert!(cpu_seen[0] > 0.0 && cpu_seen[1] > 0.0, "{cpu_seen:?}");
+    assert!(stdout.contains("cpu: µs of CPU per delivery"), "{stdout}");
     assert_eq!(
         object.len(),
         SCENARIOS.len() * 2 + 3,
