@@ -1037,8 +1037,12 @@ async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> 
                 }
                 .map_err(|e| BenchError(format!("{name} ({}): {e}", side.name())))?;
                 let cost = env.take_cost();
+                // A figure that is not a number never stays the best (as `f64::min` and
+                // `max` would have it).
                 let better = best.get(&side).is_none_or(|kept| {
-                    if scenario.lower_is_better() {
+                    if kept.is_nan() {
+                        true
+                    } else if scenario.lower_is_better() {
                         figure < *kept
                     } else {
                         figure > *kept
