@@ -1306,13 +1306,25 @@ mod tidings_notifier_to_python_listener {
                 }
             }
         }
-        let mut listener = python_listener(
-            &bus,
-            json!({"targets": [{"topic": NOTIFICATIONS}], "priorities": ["info", "warn"],
-                   "pool": POOL, "batch": {"size": 5, "timeout": 2}}),
-        )
-        .await;
-        let mut lines = listener_lines(&mut listener, want.len()).await;
+        let config = json!({"targets": [{"topic": NOTIFICATIONS}], "priorities": ["info", "warn"],
+                            "pool": POOL, "batch": {"size": 5, "timeout": 2}});
+        let mut listener = Python::spawn("notify_listen.py", &[bus.url(), &config.to_string()]);
+        // The notifications wait in the queue before Python starts, so an executor thread may
+        // print a batch before the main thread prints that the listener is ready: the ready
+        // line may come anywhere among the batches.
+        let mut lines = Vec::new();
+        let mut ready = false;
+        while !ready || lines.len() < want.len() {
+            match listener.next_line().await {
+                Some(line) if line["event"] == "ready" => ready = true,
+                Some(line) => lines.push(line),
+                None => {
+                    listener.drain_stderr().await;
+                    let why = format!("exited after {} of {} batches", lines.len(), want.len());
+                    listener.fail(&why)
+                }
+            }
+        }
         lines.extend(stop_listener(listener).await);
 
         let mut got = Vec::new();
