@@ -38,11 +38,9 @@ fn rendered() -> String {
     handle.render()
 }
 
-#[tokio::test]
-async fn calls_are_counted_and_timed_on_both_sides_by_method_and_outcome() {
-    // Before anything counts, so that nothing is missed.
-    tidings_runtime::admin::prometheus().unwrap();
-    let bus = Bus::memory();
+/// A server with the test endpoint on a topic of its own, and a client of it calling with
+/// `timeout`.
+async fn test_server_and_client(bus: &Bus, timeout: Duration) -> (RpcServer, RpcClient) {
     let transport = bus.transport().await;
     let topic = format!("metrics-{}", uuid::Uuid::new_v4().simple());
     let server = RpcServer::builder(&transport, Target::topic(&topic).with_server("one"))
@@ -52,7 +50,16 @@ async fn calls_are_counted_and_timed_on_both_sides_by_method_and_outcome() {
         .unwrap();
     let client = RpcClient::new(&transport, Target::topic(&topic))
         .version(Version::new(1, 3))
-        .timeout(Duration::from_millis(300));
+        .timeout(timeout);
+    (server, client)
+}
+
+#[tokio::test]
+async fn calls_are_counted_and_timed_on_both_sides_by_method_and_outcome() {
+    // Before anything counts, so that nothing is missed.
+    tidings_runtime::admin::prometheus().unwrap();
+    let bus = Bus::memory();
+    let (server, client) = test_server_and_client(&bus, Duration::from_millis(300)).await;
     let ctx = Context::new();
 
     let ok = "method=\"echo\",outcome=\"ok\"";
@@ -136,6 +143,46 @@ async fn calls_are_counted_and_timed_on_both_sides_by_method_and_outcome() {
         .await,
         "the server counts the handler it cancelled"
     );
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// A client labels every method its code calls by name; the first hundred or so get labels
+/// made once and kept, and the rest are labelled afresh for each call: either way, each is
+/// counted under its own name and outcome.
+#[tokio::test]
+async fn every_method_a_client_calls_is_counted_under_its_own_name_past_the_kept_labels() {
+    tidings_runtime::admin::prometheus().unwrap();
+    let bus = Bus::memory();
+    let (server, client) = test_server_and_client(&bus, Duration::from_secs(5)).await;
+    let ctx = Context::new();
+    // More names than the library keeps labels for (128), each called twice: once to be
+    // labelled, once more to be found again.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let names: Vec<String> = (0..150).map(|i| format!("absent_{run}_{i}")).collect();
+    for _ in 0..2 {
+        for name in &names {
+            let error = client.call::<()>(&ctx, name, json!({})).await.unwrap_err();
+            assert!(matches!(error, RpcError::Remote { .. }), "{error}");
+        }
+    }
+    for name in [&names[0], &names[127], &names[128], &names[149]] {
+        let labels = format!("method=\"{name}\",outcome=\"error\"");
+        assert_eq!(
+            value("tidings_rpc_client_calls_total", &labels),
+            2.0,
+            "{labels}"
+        );
+        assert_eq!(
+            value("tidings_rpc_client_call_duration_seconds_count", &labels),
+            2.0,
+            "{labels}"
+        );
+    }
+    // The known methods are still labelled as before.
+    let ok = "method=\"echo\",outcome=\"ok\"";
+    let before = value("tidings_rpc_client_calls_total", ok);
+    let _: serde_json::Value = client.call(&ctx, "echo", json!({"x": 1})).await.unwrap();
+    assert_eq!(value("tidings_rpc_client_calls_total", ok), before + 1.0);
     server.stop(Duration::from_secs(5)).await;
 }
 

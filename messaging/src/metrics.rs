@@ -1,7 +1,8 @@
 //! What the library counts, under Prometheus' naming conventions, through the [`metrics`]
 //! facade: a process that installs a recorder (`tidings_runtime::admin` installs a Prometheus
 //! one; any `metrics` recorder works) sees them, and a process that installs none pays one
-//! atomic load per count.
+//! atomic load per count (and, for a request's figures, a lookup of its method's labels, made
+//! once per method name).
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -24,11 +25,12 @@
 //! on its methods (see `RpcServerBuilder::layer` for adding more), and from the dispatcher for
 //! requests no method takes; the transport's from hooks in `Transport` and `Delivery`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use ::metrics::{Label, SharedString};
+use ::metrics::{Key, Label, Level, Metadata, SharedString};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tower::{Layer, Service};
@@ -116,39 +118,154 @@ pub fn describe() {
     );
 }
 
-/// Counts one server request of `method` ending with `outcome` after `seconds`.
-pub(crate) fn record_server_request(method: &str, outcome: &'static str, seconds: f64) {
-    let method = shared(method);
-    ::metrics::counter!(RPC_SERVER_REQUESTS, labels(method.clone(), outcome)).increment(1);
-    ::metrics::histogram!(RPC_SERVER_REQUEST_DURATION, labels(method, outcome)).record(seconds);
+/// Every outcome a figure is labelled with, in the order of a method's kept labels.
+const OUTCOMES: [&str; 8] = [
+    outcome::OK,
+    outcome::ERROR,
+    outcome::UNSUPPORTED,
+    outcome::MALFORMED,
+    outcome::CANCELLED,
+    outcome::TIMEOUT,
+    outcome::NO_SERVER,
+    outcome::FAILED,
+];
+
+/// How many method names get labels made once and kept for the life of the process; any
+/// method beyond them is labelled afresh for each request, as all were before.
+const METHODS_KEPT: usize = 128;
+
+/// A method's name, and its labels for each of [`OUTCOMES`] in turn.
+struct KeptMethod {
+    name: SharedString,
+    labels: [[Label; 2]; OUTCOMES.len()],
 }
 
-/// A method name both figures of a request label with, copied once: every request is counted,
-/// recorder or not, and copying each label value for each figure made eight allocations of it.
-fn shared(method: &str) -> SharedString {
-    SharedString::from(Arc::<str>::from(method))
+/// What the macros give a metric registered here.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The labels of the methods named so far. Every request is counted, recorder or not, and
+/// labelling it afresh cost three allocations for each pair of figures (the method's name, and
+/// a list for each figure) where a lookup costs none. The names are the ones the code calls
+/// and serves (a server labels methods no endpoint declares as [`UNKNOWN_METHOD`]), so the set
+/// stays small, and [`METHODS_KEPT`] bounds it all the same. A recorder keeps every key it
+/// sees for as long.
+fn kept_methods() -> &'static RwLock<HashMap<Box<str>, &'static KeptMethod>> {
+    static KEPT: OnceLock<RwLock<HashMap<Box<str>, &'static KeptMethod>>> = OnceLock::new();
+    KEPT.get_or_init(RwLock::default)
 }
 
-/// The labels of one request's figures; the outcome is a constant, so it is not copied.
-fn labels(method: SharedString, outcome: &'static str) -> Vec<Label> {
-    vec![
-        Label::new("method", method),
+/// `method`'s kept labels, made on its first request; `None` once [`METHODS_KEPT`] names are
+/// kept and `method` is not one of them.
+fn kept_method(method: &str) -> Option<&'static KeptMethod> {
+    let kept = kept_methods();
+    if let Some(labels) = kept
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(method)
+    {
+        return Some(labels);
+    }
+    let mut kept = kept.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(labels) = kept.get(method) {
+        return Some(labels);
+    }
+    if kept.len() >= METHODS_KEPT {
+        return None;
+    }
+    let name = SharedString::from(Arc::<str>::from(method));
+    let labels = OUTCOMES.map(|outcome| {
+        [
+            Label::new("method", name.clone()),
+            Label::from_static_parts("outcome", outcome),
+        ]
+    });
+    let method_kept: &'static KeptMethod = Box::leak(Box::new(KeptMethod { name, labels }));
+    kept.insert(method.into(), method_kept);
+    Some(method_kept)
+}
+
+/// The method a request's figures are labelled with: kept, or named afresh when
+/// [`METHODS_KEPT`] others are.
+enum MethodLabel {
+    Kept(&'static KeptMethod),
+    Named(SharedString),
+}
+
+impl MethodLabel {
+    fn of(method: &str) -> Self {
+        match kept_method(method) {
+            Some(kept) => MethodLabel::Kept(kept),
+            None => MethodLabel::Named(SharedString::from(Arc::<str>::from(method))),
+        }
+    }
+
+    /// Counts one request (or call) ending with `outcome` under `count`, and records how long
+    /// it took, when given, under `duration`.
+    fn record(
+        &self,
+        count: &'static str,
+        duration: &'static str,
+        outcome: &'static str,
+        seconds: Option<f64>,
+    ) {
+        let (count, duration) = match self {
+            MethodLabel::Kept(kept) => match OUTCOMES.iter().position(|known| *known == outcome) {
+                Some(index) => (
+                    Key::from_static_parts(count, &kept.labels[index]),
+                    Key::from_static_parts(duration, &kept.labels[index]),
+                ),
+                None => fresh_keys(count, duration, &kept.name, outcome),
+            },
+            MethodLabel::Named(name) => fresh_keys(count, duration, name, outcome),
+        };
+        ::metrics::with_recorder(|recorder| {
+            recorder.register_counter(&count, &METADATA).increment(1);
+            if let Some(seconds) = seconds {
+                recorder
+                    .register_histogram(&duration, &METADATA)
+                    .record(seconds);
+            }
+        });
+    }
+}
+
+/// Keys labelled for this request alone.
+fn fresh_keys(
+    count: &'static str,
+    duration: &'static str,
+    method: &SharedString,
+    outcome: &'static str,
+) -> (Key, Key) {
+    let labels = vec![
+        Label::new("method", method.clone()),
         Label::from_static_parts("outcome", outcome),
-    ]
+    ];
+    (
+        Key::from_parts(count, labels.clone()),
+        Key::from_parts(duration, labels),
+    )
 }
 
 /// Counts one request that reached no handler: refused before dispatch (`outcome` is
 /// [`outcome::UNSUPPORTED`] or [`outcome::MALFORMED`]), under [`UNKNOWN_METHOD`].
 pub(crate) fn record_server_refusal(outcome: &'static str) {
-    let method = SharedString::const_str(UNKNOWN_METHOD);
-    ::metrics::counter!(RPC_SERVER_REQUESTS, labels(method, outcome)).increment(1);
+    MethodLabel::of(UNKNOWN_METHOD).record(
+        RPC_SERVER_REQUESTS,
+        RPC_SERVER_REQUEST_DURATION,
+        outcome,
+        None,
+    );
 }
 
 /// Counts one client call of `method` ending with `outcome` after `seconds`.
 pub(crate) fn record_client_call(method: &str, outcome: &'static str, seconds: f64) {
-    let method = shared(method);
-    ::metrics::counter!(RPC_CLIENT_CALLS, labels(method.clone(), outcome)).increment(1);
-    ::metrics::histogram!(RPC_CLIENT_CALL_DURATION, labels(method, outcome)).record(seconds);
+    MethodLabel::of(method).record(
+        RPC_CLIENT_CALLS,
+        RPC_CLIENT_CALL_DURATION,
+        outcome,
+        Some(seconds),
+    );
 }
 
 /// Counts `name` (one of the unlabelled counters above) by one.
@@ -193,7 +310,7 @@ where
     }
 
     fn call(&mut self, call: MethodCall) -> Self::Future {
-        let mut timing = Timing::start(call.method.clone());
+        let mut timing = Timing::start(&call.method);
         let work = self.inner.call(call);
         Box::pin(async move {
             let result = work.await;
@@ -209,15 +326,15 @@ where
 
 /// One request being timed; counted as cancelled if dropped unfinished.
 struct Timing {
-    method: String,
+    method: MethodLabel,
     started: Instant,
     finished: bool,
 }
 
 impl Timing {
-    fn start(method: String) -> Self {
+    fn start(method: &str) -> Self {
         Self {
-            method,
+            method: MethodLabel::of(method),
             started: Instant::now(),
             finished: false,
         }
@@ -225,7 +342,12 @@ impl Timing {
 
     fn finish(&mut self, outcome: &'static str) {
         self.finished = true;
-        record_server_request(&self.method, outcome, self.started.elapsed().as_secs_f64());
+        self.method.record(
+            RPC_SERVER_REQUESTS,
+            RPC_SERVER_REQUEST_DURATION,
+            outcome,
+            Some(self.started.elapsed().as_secs_f64()),
+        );
     }
 }
 
