@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, SelectAll, StreamExt};
+use futures::stream::StreamExt;
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -19,7 +19,9 @@ use super::endpoint::{NotificationEndpoint, Outcome};
 use super::{IncomingNotification, Metadata, Priority};
 use crate::codec::Codec;
 use crate::serve::{Refusal, RefusalTally, Refusals, Running, Serving, StopReport};
-use crate::transport::{ConsumeOptions, Delivery, Inbox, Subscription, Transport, TransportError};
+use crate::transport::{
+    ConsumeOptions, Delivery, Inbox, Merge, Subscription, Transport, TransportError,
+};
 use crate::Target;
 
 /// oslo's default executor size.
@@ -374,14 +376,7 @@ impl ListenLoop {
         batch: Option<(usize, Duration)>,
     ) -> StopReport {
         let health: Vec<_> = inboxes.iter().map(Inbox::health).collect();
-        let mut deliveries: SelectAll<_> = inboxes
-            .into_iter()
-            .map(|inbox| {
-                Box::pin(stream::unfold(inbox, |mut inbox| async move {
-                    inbox.recv().await.map(|d| (d, inbox))
-                }))
-            })
-            .collect();
+        let mut deliveries: Merge<Inbox> = inboxes.into_iter().collect();
         let (size, timeout) = batch.unwrap_or((1, Duration::ZERO));
         // A batch is counted in deliveries; the few that do not decode leave it a little short.
         let mut pending: Vec<Delivery> = Vec::with_capacity(size);

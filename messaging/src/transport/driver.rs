@@ -388,6 +388,18 @@ impl Inbox {
     }
 }
 
+/// The deliveries as a stream, ending as [`Inbox::recv`] does.
+impl futures::Stream for Inbox {
+    type Item = Delivery;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
 impl Drop for Inbox {
     fn drop(&mut self) {
         if let Some(hook) = self.on_close.take() {

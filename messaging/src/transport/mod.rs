@@ -9,6 +9,7 @@ pub mod amqp;
 mod driver;
 mod error;
 pub mod memory;
+mod merge;
 pub mod topology;
 
 use std::any::{Any, TypeId};
@@ -24,6 +25,7 @@ pub use driver::{
 pub use error::TransportError;
 
 pub(crate) use driver::{ack_without_waiting, sink_guarded};
+pub(crate) use merge::Merge;
 
 use crate::codec::Codec;
 use crate::url::{Scheme, TransportUrl};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll, StreamExt};
+use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -31,7 +31,7 @@ use super::link::{Backoff, Link, Session, STABLE_SESSION};
 use super::Counters;
 use crate::codec::limits;
 use crate::transport::driver::{Acknowledge, ConsumerHealth, Delivery};
-use crate::transport::{sink_guarded, DeliverySink, TransportError};
+use crate::transport::{sink_guarded, DeliverySink, Merge, TransportError};
 
 /// What a consumer consumes, and whether it survives a lost connection.
 #[derive(Clone, Debug)]
@@ -425,7 +425,7 @@ async fn consume_on(
         close_quietly(&channel).await;
         return Err(driver_error(error));
     }
-    let mut consumers: SelectAll<QueueStream> = SelectAll::new();
+    let mut consumers: Merge<QueueStream> = Merge::default();
     let mut restoring: FuturesUnordered<Restoring<'_>> = FuturesUnordered::new();
     // Queues whose consumer is being restored are not checked: their restore declares them.
     let mut consumed = vec![true; spec.queues.len()];
