@@ -767,6 +767,7 @@ impl PrivateVhost {
     fn create() -> Result<Self> {
         let name = format!("tidings-bench-{}", uuid::Uuid::new_v4().simple());
         rabbitmqctl(&["add_vhost", &name])?;
+        eprintln!("vhost {name} on the local broker, deleted when the run ends or is interrupted");
         let vhost = Self(name);
         rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"])?;
         Ok(vhost)
@@ -944,9 +945,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         Some(vhost) => url.with_virtual_host(vhost.0.clone()),
         None => url,
     };
-    let scratch =
-        std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = ScratchDir::create()?;
     // Only the default local broker's node is asked for: another URL may name a remote one.
     let broker_pid = vhost.as_ref().and_then(|_| cpu::local_broker_pid());
     let env = Env {
@@ -955,13 +954,34 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         url,
         duration: config.duration,
         sequence: AtomicU64::new(0),
-        scratch,
+        scratch: scratch.0.clone(),
         private_vhost: vhost.as_ref().map(|vhost| vhost.0.clone()),
     };
+    // The scratch directory and the vhost go when the run ends, and also when it is dropped
+    // unfinished (an interrupted run).
     let result = run_in(&env, config, oslo_python.as_deref()).await;
-    let _ = std::fs::remove_dir_all(&env.scratch);
+    drop(scratch);
     drop(vhost);
     result
+}
+
+/// This run's scratch directory (databases, logs of child processes), removed when dropped.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn run_in(env: &Env, config: &BenchConfig, oslo_python: Option<&Path>) -> Result<Report> {

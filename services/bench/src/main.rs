@@ -96,11 +96,52 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run_bench(args))
+    let code = runtime.block_on(async {
+        // Registered before anything runs, so that no signal takes the default way out and
+        // leaves the run's vhost and child processes behind.
+        match Interrupts::register() {
+            Ok(interrupts) => run_bench(args, interrupts).await,
+            Err(error) => {
+                eprintln!("error: could not watch for SIGINT and SIGTERM: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Tasks of an interrupted run are cancelled; none may hold the exit up for long.
+    runtime.shutdown_timeout(SHUTDOWN_PATIENCE);
+    code
+}
+
+/// How long an ending run waits for its runtime's threads.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// SIGINT (Ctrl-C) and SIGTERM, which end a run early.
+struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the first of them, with the status a shell gives a process it killed
+    /// (128 + the signal's number).
+    async fn first(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.interrupt.recv() => 130,
+            _ = self.terminate.recv() => 143,
+        }
+    }
 }
 
 /// Runs the benchmark and prints the table; exit 1 when a scenario fails.
-async fn run_bench(args: BenchArgs) -> ExitCode {
+async fn run_bench(args: BenchArgs, mut interrupts: Interrupts) -> ExitCode {
     let mut config = BenchConfig {
         url: args.url,
         duration: Duration::from_secs_f64(args.duration.max(0.01)),
@@ -123,7 +164,16 @@ async fn run_bench(args: BenchArgs) -> ExitCode {
         config.inflight = config.inflight.min(1_000);
         config.settle = Duration::from_secs(1);
     }
-    let report = match bench::run(&config).await {
+    let run = tokio::select! {
+        run = bench::run(&config) => run,
+        status = interrupts.first() => {
+            // The run, dropped unfinished, deletes its vhost and scratch files and kills the
+            // processes it started.
+            eprintln!("interrupted: the run's vhost, scratch files and child processes are removed");
+            return ExitCode::from(status);
+        }
+    };
+    let report = match run {
         Ok(report) => report,
         Err(error) => {
             eprintln!("error: {error}");

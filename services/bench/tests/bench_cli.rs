@@ -6,7 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 mod support;
 use support::{output_within, run_bench, BenchRun, BENCH_DEADLINE};
@@ -264,4 +267,99 @@ fn agents_section_measures_each_agent_or_says_how_to_build_the_binary() {
         );
     }
     assert!(stdout.contains("goal < 20 MiB"), "{stdout}");
+}
+
+/// Ctrl-C (SIGINT) in the middle of a scenario: the run stops at once, deletes its private
+/// vhost and exits with the status a shell gives a process killed by the signal.
+#[test]
+fn an_interrupted_run_deletes_its_vhost_and_exits_as_signalled() {
+    let stderr_path = std::env::temp_dir().join(format!(
+        "tidings-bench-interrupted-{}.stderr",
+        uuid::Uuid::new_v4().simple()
+    ));
+    // Long enough that only the signal can end it in time.
+    let child = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(["--only", "cast/json", "--duration", "600", "--rounds", "1"])
+        .args(["--inflight", "0", "--no-agents", "--no-oslo"])
+        .env_remove("TIDINGS_TRANSPORT_URL")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut bench = GroupGuard(child);
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+
+    let vhost = poll_until(STARTED_WITHIN, "the first scenario to start", || {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            panic!("the bench ended by itself ({status}):\n{}", stderr());
+        }
+        let text = stderr();
+        let vhost = text
+            .lines()
+            .find_map(|l| l.strip_prefix("vhost "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned);
+        vhost.filter(|_| text.contains("cast/json: tidings"))
+    });
+    assert!(vhosts().contains(&vhost), "{vhost} not made:\n{}", stderr());
+
+    let sent = Command::new("kill")
+        .args(["-INT", &bench.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = poll_until(ENDED_WITHIN, "the bench to exit after SIGINT", || {
+        bench.0.try_wait().unwrap()
+    });
+    let text = stderr();
+    let _ = std::fs::remove_file(&stderr_path);
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    assert!(!vhosts().contains(&vhost), "{vhost} left behind:\n{text}");
+}
+
+/// How long the bench may take to make its vhost and start a scenario on a loaded machine.
+const STARTED_WITHIN: Duration = Duration::from_secs(120);
+/// How long an interrupted run may take to clean up (one `rabbitmqctl delete_vhost`).
+const ENDED_WITHIN: Duration = Duration::from_secs(60);
+
+/// Calls `check` every 50 ms until it returns something; fails the test after `deadline`.
+fn poll_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "waited {deadline:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The local broker's vhosts; `rabbitmqctl` is part of what these suites need.
+fn vhosts() -> Vec<String> {
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "list_vhosts"])
+        .output()
+        .expect("rabbitmqctl, to list the broker's vhosts");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// A process that leads its own group, killed with the group if the test ends before it does.
+struct GroupGuard(std::process::Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", self.0.id())])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
 }
