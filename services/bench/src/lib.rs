@@ -636,7 +636,7 @@ pub(crate) struct Env {
     url: TransportUrl,
     duration: Duration,
     sequence: AtomicU64,
-    scratch: PathBuf,
+    scratch: ScratchDir,
     /// The vhost made for this run, when there is one: the scale section reads the broker's
     /// side with `rabbitmqctl` only there.
     private_vhost: Option<String>,
@@ -718,7 +718,7 @@ impl Env {
     /// A fresh file in this run's scratch directory.
     fn scratch_file(&self, what: &str) -> PathBuf {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        self.scratch.join(format!("{n}-{what}"))
+        self.scratch.0.join(format!("{n}-{what}"))
     }
 
     /// Removes a SQLite file and its WAL companions.
@@ -945,7 +945,6 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         Some(vhost) => url.with_virtual_host(vhost.0.clone()),
         None => url,
     };
-    let scratch = ScratchDir::create()?;
     // Only the default local broker's node is asked for: another URL may name a remote one.
     let broker_pid = vhost.as_ref().and_then(|_| cpu::local_broker_pid());
     let env = Env {
@@ -954,13 +953,13 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
         url,
         duration: config.duration,
         sequence: AtomicU64::new(0),
-        scratch: scratch.0.clone(),
+        scratch: ScratchDir::create()?,
         private_vhost: vhost.as_ref().map(|vhost| vhost.0.clone()),
     };
-    // The scratch directory and the vhost go when the run ends, and also when it is dropped
-    // unfinished (an interrupted run).
+    // The scratch directory (held by `env`) and the vhost go when the run ends, and also when
+    // it is dropped unfinished (an interrupted run).
     let result = run_in(&env, config, oslo_python.as_deref()).await;
-    drop(scratch);
+    drop(env);
     drop(vhost);
     result
 }
